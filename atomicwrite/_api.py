@@ -1,0 +1,454 @@
+"""The public API: atomic_open, atomic_save, atomic_update, sweep."""
+
+from __future__ import annotations
+
+import codecs
+import io
+import os
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+from types import TracebackType
+from typing import IO, Any, Literal, overload
+
+from ._errors import AtomicWriteError, DurabilityError, UsageError
+from ._result import CommitResult, Durability
+from ._serializers import Serializer, get_serializer
+from ._strategy import PendingWrite, Strategy, TargetLock, WriteOptions, resolve_target
+
+__all__ = ["AtomicBinaryFile", "AtomicTextFile", "atomic_open", "atomic_save", "atomic_update", "sweep"]
+
+Target = str | os.PathLike[str]
+BinaryMode = Literal["wb", "xb", "bw", "bx"]
+TextMode = Literal["w", "x", "wt", "xt", "tw", "tx"]
+
+# Writes smaller than this are gathered before they reach the temp file; larger ones go straight
+# through.  1 MiB keeps the syscall count low for chatty writers (pickle, json) at little memory.
+_BUFFER_SIZE = 1 << 20
+_DURABILITY = ("none", "file", "full")
+
+
+class AtomicBinaryFile(io.BufferedWriter):
+    """A binary file whose content replaces the target only when it is committed.
+
+    Leaving a ``with`` block normally commits; leaving it by an exception (KeyboardInterrupt
+    included) discards.  Without ``with``, call :meth:`commit` or :meth:`discard`.  Closing a file
+    that was not committed discards it, like closing a database transaction without a commit, so
+    a file abandoned to the garbage collector never publishes a partial write.
+    """
+
+    def __init__(self, pending: PendingWrite, lock: TargetLock | None) -> None:
+        super().__init__(pending.stream, _BUFFER_SIZE)
+        self._pending = pending
+        self._lock = lock
+        self._result: CommitResult | None = None
+        self._finished = False
+
+    @property
+    def result(self) -> CommitResult | None:
+        """What the commit achieved; None until it succeeded."""
+        return self._result
+
+    def commit(self) -> CommitResult:
+        """Publish the content written so far, atomically; the file is closed afterwards."""
+        if self._result is not None:
+            return self._result
+        if self._finished:
+            raise AtomicWriteError("this write was discarded; it cannot be committed")
+        try:
+            self.flush()
+        except BaseException:
+            self.discard()
+            raise
+        self._finished = True
+        try:
+            self._result = self._pending.commit()
+        except DurabilityError as exc:
+            self._result = exc.result
+            raise
+        finally:
+            self._release()
+        return self._result
+
+    def discard(self) -> None:
+        """Drop everything written; the target stays as it was.  Does nothing after a commit."""
+        if self._finished:
+            return
+        self._finished = True
+        try:
+            self._pending.discard()
+        finally:
+            self._release()
+
+    def close(self) -> None:
+        """Discard unless committed (see the class documentation)."""
+        self.discard()
+
+    def _release(self) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+    def __repr__(self) -> str:
+        state = "committed" if self._result else "discarded" if self._finished else "open"
+        return f"<{type(self).__name__} {state}>"
+
+
+class AtomicTextFile(io.TextIOWrapper):
+    """The text-mode counterpart of :class:`AtomicBinaryFile`, with the same commit rules."""
+
+    def __init__(self, binary: AtomicBinaryFile, encoding: str | None, errors: str | None, newline: str | None) -> None:
+        super().__init__(binary, encoding=encoding, errors=errors, newline=newline)
+        self._binary = binary
+
+    @property
+    def result(self) -> CommitResult | None:
+        """What the commit achieved; None until it succeeded."""
+        return self._binary.result
+
+    def commit(self) -> CommitResult:
+        """Publish the text written so far, atomically; the file is closed afterwards."""
+        if self._binary.result is None and not self._binary.closed:
+            try:
+                self.flush()
+            except BaseException:
+                self._binary.discard()
+                raise
+        return self._binary.commit()
+
+    def discard(self) -> None:
+        """Drop everything written; the target stays as it was.  Does nothing after a commit."""
+        self._binary.discard()
+
+    def close(self) -> None:
+        """Discard unless committed (see :class:`AtomicBinaryFile`)."""
+        self._binary.discard()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._binary!r}>"
+
+
+def _parse_mode(mode: str) -> tuple[bool, bool]:
+    """``(exclusive, binary)`` for a mode string, or UsageError."""
+    letters = set(mode)
+    if (
+        len(letters) != len(mode)
+        or not letters <= {"w", "x", "b", "t"}
+        or len(letters & {"w", "x"}) != 1
+        or letters >= {"b", "t"}
+    ):
+        raise UsageError(
+            f"atomic_open writes whole files: mode must be 'w', 'wb', 'x' or 'xb' (optionally with"
+            f" 't'), not {mode!r}; appending and reading are not atomic replacements"
+        )
+    return "x" in letters, "b" in letters
+
+
+def _options(
+    *,
+    exclusive: bool,
+    durability: str,
+    accept_weaker_durability: bool,
+    preserve_permissions: bool,
+    permissions: int | None,
+    follow_symlinks: bool,
+    if_match: object | None,
+    storage_options: Mapping[str, Any] | None,
+) -> WriteOptions:
+    if durability not in _DURABILITY:
+        raise UsageError(f"durability must be one of {', '.join(map(repr, _DURABILITY))}, not {durability!r}")
+    if permissions is not None and (not isinstance(permissions, int) or not 0 <= permissions <= 0o7777):
+        raise UsageError(f"permissions must be a mode between 0 and 0o7777, not {permissions!r}")
+    if exclusive and if_match is not None:
+        raise UsageError("if_match replaces a known version; it cannot be combined with exclusive creation")
+    level: Durability = durability  # type: ignore[assignment]  # checked just above
+    return WriteOptions(
+        exclusive=exclusive,
+        durability=level,
+        accept_weaker_durability=accept_weaker_durability,
+        preserve_permissions=preserve_permissions,
+        permissions=permissions,
+        follow_symlinks=follow_symlinks,
+        if_match=if_match,
+        storage_options=dict(storage_options or {}),
+    )
+
+
+def _open(
+    strategy: Strategy,
+    location: str,
+    options: WriteOptions,
+    *,
+    binary: bool,
+    lock: bool,
+    encoding: str | None,
+    errors: str | None,
+    newline: str | None,
+) -> AtomicBinaryFile | AtomicTextFile:
+    if binary and (encoding is not None or errors is not None or newline is not None):
+        raise UsageError("encoding, errors and newline are for text modes, not binary ones")
+    if not binary:
+        encoding = io.text_encoding(encoding)
+        if encoding != "locale":
+            codecs.lookup(encoding)  # an unknown encoding fails here, before anything is created
+        if newline not in (None, "", "\n", "\r", "\r\n"):
+            raise UsageError(f"illegal newline value: {newline!r}")
+    held = strategy.lock(location, options) if lock else None
+    try:
+        pending = strategy.begin(location, options)
+    except BaseException:
+        if held is not None:
+            held.release()
+        raise
+    file = AtomicBinaryFile(pending, held)
+    if binary:
+        return file
+    return AtomicTextFile(file, encoding, errors, newline)
+
+
+@overload
+def atomic_open(
+    target: Target,
+    mode: BinaryMode = ...,
+    *,
+    durability: Durability = ...,
+    accept_weaker_durability: bool = ...,
+    preserve_permissions: bool = ...,
+    permissions: int | None = ...,
+    follow_symlinks: bool = ...,
+    encoding: None = ...,
+    errors: None = ...,
+    newline: None = ...,
+    if_match: object | None = ...,
+    lock: bool = ...,
+    storage_options: Mapping[str, Any] | None = ...,
+) -> AtomicBinaryFile: ...
+
+
+@overload
+def atomic_open(
+    target: Target,
+    mode: TextMode,
+    *,
+    durability: Durability = ...,
+    accept_weaker_durability: bool = ...,
+    preserve_permissions: bool = ...,
+    permissions: int | None = ...,
+    follow_symlinks: bool = ...,
+    encoding: str | None = ...,
+    errors: str | None = ...,
+    newline: str | None = ...,
+    if_match: object | None = ...,
+    lock: bool = ...,
+    storage_options: Mapping[str, Any] | None = ...,
+) -> AtomicTextFile: ...
+
+
+@overload
+def atomic_open(
+    target: Target,
+    mode: str,
+    *,
+    durability: Durability = ...,
+    accept_weaker_durability: bool = ...,
+    preserve_permissions: bool = ...,
+    permissions: int | None = ...,
+    follow_symlinks: bool = ...,
+    encoding: str | None = ...,
+    errors: str | None = ...,
+    newline: str | None = ...,
+    if_match: object | None = ...,
+    lock: bool = ...,
+    storage_options: Mapping[str, Any] | None = ...,
+) -> AtomicBinaryFile | AtomicTextFile: ...
+
+
+def atomic_open(
+    target: Target,
+    mode: str = "wb",
+    *,
+    durability: Durability = "full",
+    accept_weaker_durability: bool = False,
+    preserve_permissions: bool = True,
+    permissions: int | None = None,
+    follow_symlinks: bool = True,
+    encoding: str | None = None,
+    errors: str | None = None,
+    newline: str | None = None,
+    if_match: object | None = None,
+    lock: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+) -> AtomicBinaryFile | AtomicTextFile:
+    """Open ``target`` for an all-or-nothing write.
+
+    ::
+
+        with atomic_open("model.bin", "wb") as f:
+            f.write(payload)
+        # a reader saw the old file until here, and the complete new one from here on
+
+    Args:
+        target: a path, or a URL whose protocol has a registered strategy.
+        mode: ``"wb"``/``"w"`` replace the target; ``"xb"``/``"x"`` create it only if it does not
+            exist, raising :class:`TargetExistsError` (a ``FileExistsError``) otherwise.
+        durability: ``"full"`` flushes the file and its directory, so the new content survives
+            a power loss once the commit returns; ``"file"`` flushes the file only; ``"none"``
+            stays atomic against process crashes, but not power loss.
+        accept_weaker_durability: where the storage refuses part of the flush (a directory
+            fsync on CIFS, say), report the weaker level in the result instead of raising
+            :class:`DurabilityError`.
+        preserve_permissions: give the new file the old one's mode (and owner, where allowed).
+            A new file gets ``0o666 & ~umask``, like ``open()``.
+        permissions: the new file's mode, whatever the old one had (e.g. ``0o600`` for secrets);
+            it is set before any byte is published.
+        follow_symlinks: if the target is a symlink, replace the file it points to and keep the
+            link (default); if False, replace the link itself with a regular file.
+        encoding, errors, newline: as for ``open()``, in text modes.
+        if_match: commit only if the target is still at this version (the ``version`` of an
+            earlier :class:`CommitResult`), else raise :class:`ConflictError`.  Race-free among
+            writers that also pass ``lock=True``.
+        lock: hold an exclusive lock on the target (a lock file beside it) from open to commit,
+            so cooperating writers take turns.
+        storage_options: passed to the storage backend (fsspec file systems).
+
+    Returns:
+        :class:`AtomicBinaryFile` or :class:`AtomicTextFile`: a writable file that is also a
+        context manager, with :meth:`~AtomicBinaryFile.commit`, :meth:`~AtomicBinaryFile.discard`
+        and :attr:`~AtomicBinaryFile.result`.
+    """
+    exclusive, binary = _parse_mode(mode)
+    options = _options(
+        exclusive=exclusive,
+        durability=durability,
+        accept_weaker_durability=accept_weaker_durability,
+        preserve_permissions=preserve_permissions,
+        permissions=permissions,
+        follow_symlinks=follow_symlinks,
+        if_match=if_match,
+        storage_options=storage_options,
+    )
+    strategy, location = resolve_target(target)
+    return _open(
+        strategy, location, options, binary=binary, lock=lock, encoding=encoding, errors=errors, newline=newline
+    )
+
+
+def atomic_save(
+    obj: Any,
+    target: Target,
+    serializer: str | Serializer | Callable[[Any, IO[bytes]], None] = "pickle",
+    *,
+    exclusive: bool = False,
+    encoding: str | None = None,
+    **options: Any,
+) -> CommitResult:
+    """Serialize ``obj`` straight into an atomic write of ``target`` and commit it.
+
+    ``serializer`` is a name (``"bytes"``, ``"text"``, ``"json"``, ``"pickle"``, or one added by
+    an installed package), a :class:`Serializer`, or a callable ``(obj, fileobj) -> None`` that
+    writes to a binary file.  The object is streamed to the temp file, never held as a whole
+    in memory.  If the serializer raises, the target is left as it was.  ``options`` are those of
+    :func:`atomic_open`.
+    """
+    chosen = get_serializer(serializer)
+    mode = ("x" if exclusive else "w") + ("b" if chosen.binary else "")
+    if not chosen.binary:
+        options["encoding"] = encoding or chosen.encoding
+    elif encoding is not None:
+        raise UsageError(f"the {chosen.name!r} serializer writes bytes; it takes no encoding")
+    with atomic_open(target, mode, **options) as file:
+        chosen.dump(obj, file)
+    assert file.result is not None
+    return file.result
+
+
+def atomic_update(
+    target: Target,
+    update: Callable[[Any], Any],
+    serializer: str | Serializer = "bytes",
+    *,
+    encoding: str | None = None,
+    **options: Any,
+) -> CommitResult:
+    """Read-modify-write ``target`` under its lock, so that concurrent updates are never lost.
+
+    ``update`` gets the current content, loaded by ``serializer`` (None if the target does not
+    exist yet), and returns the new content, which is written atomically.  Every process that
+    updates the same target this way takes its turn::
+
+        atomic_update("counter.json", lambda n: (n or 0) + 1, serializer="json")
+    """
+    chosen = get_serializer(serializer)
+    load = chosen.load
+    if load is None:
+        raise UsageError(f"the {chosen.name!r} serializer cannot read content back, so it cannot update")
+    if "lock" in options or "if_match" in options:
+        raise UsageError("atomic_update always locks the target; lock and if_match are not options here")
+    strategy, location = resolve_target(target)
+    binary = chosen.binary
+    text_encoding = None if binary else (encoding or chosen.encoding)
+    write_options = _options(
+        exclusive=False,
+        durability=options.pop("durability", "full"),
+        accept_weaker_durability=options.pop("accept_weaker_durability", False),
+        preserve_permissions=options.pop("preserve_permissions", True),
+        permissions=options.pop("permissions", None),
+        follow_symlinks=options.pop("follow_symlinks", True),
+        if_match=None,
+        storage_options=options.pop("storage_options", None),
+    )
+    if options:
+        raise UsageError(f"unexpected options for atomic_update: {', '.join(sorted(options))}")
+    held = strategy.lock(location, write_options)
+    try:
+        raw = strategy.read(location, write_options)
+        if raw is None:
+            old = None
+        elif binary:
+            old = load(io.BytesIO(raw))
+        else:
+            old = load(io.StringIO(raw.decode(text_encoding or "utf-8")))
+        new = update(old)
+        file = _open(
+            strategy, location, write_options, binary=binary, lock=False, encoding=text_encoding, errors=None, newline=None
+        )
+        with file:
+            chosen.dump(new, file)
+        assert file.result is not None
+        return file.result
+    finally:
+        held.release()
+
+
+def sweep(
+    location: Target, *, older_than: float | timedelta = timedelta(hours=1), dry_run: bool = False
+) -> list[str]:
+    """Remove the temp files (or pending uploads) that dead writers left in ``location``.
+
+    Only this library's own leftovers are touched, recognised by their name: never a user's
+    file, and never the temp of a writer that is still running.  On this host a writer's
+    liveness is known for sure (its temp stays locked while it runs).  A leftover whose writer
+    cannot be checked (written from another host, or whose pid was reused) is removed once it
+    has not been modified for ``older_than``.  Returns the paths removed (with ``dry_run``, the
+    paths that would be).
+    """
+    seconds = older_than.total_seconds() if isinstance(older_than, timedelta) else float(older_than)
+    if seconds < 0:
+        raise UsageError(f"older_than must not be negative, not {older_than!r}")
+    strategy, path = resolve_target(location)
+    return strategy.sweep(path, seconds, dry_run)

@@ -1,0 +1,128 @@
+"""The error hierarchy.
+
+Every error this library raises derives from :class:`AtomicWriteError`.  Errors that come from the
+operating system also derive from the matching builtin (``FileExistsError``, ``PermissionError``,
+``IsADirectoryError``, ``FileNotFoundError``...), so ``except FileExistsError`` keeps working, and
+they keep ``errno`` and ``filename``.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._result import CommitResult
+
+__all__ = [
+    "AtomicWriteError",
+    "AtomicOSError",
+    "TargetExistsError",
+    "TargetNotFoundError",
+    "AtomicPermissionError",
+    "TargetIsADirectoryError",
+    "NoSpaceError",
+    "CrossDeviceError",
+    "ConflictError",
+    "DurabilityError",
+    "UnsupportedTargetError",
+    "UsageError",
+    "SerializerNotFoundError",
+]
+
+
+class AtomicWriteError(Exception):
+    """Root of every error raised by atomicwrite."""
+
+
+class UsageError(AtomicWriteError, ValueError):
+    """An argument is invalid (unknown mode, durability level, ...).  Nothing was touched."""
+
+
+class SerializerNotFoundError(AtomicWriteError, LookupError):
+    """No serializer is registered under that name (builtin or entry point)."""
+
+
+class UnsupportedTargetError(AtomicWriteError, ValueError):
+    """The target cannot be written atomically: unknown protocol, or not a regular file."""
+
+
+class ConflictError(AtomicWriteError):
+    """A conditional write lost: the target's version is not the one given in ``if_match``.
+
+    The target was left as it was; ``expected`` and ``actual`` hold the two versions.
+    """
+
+    def __init__(self, message: str, *, expected: object, actual: object) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.actual = actual
+
+
+class DurabilityError(AtomicWriteError):
+    """The write was published, but the durability asked for could not be reached.
+
+    The new content *is* in place (atomically); what failed is the flush that makes it survive
+    a power loss, e.g. a directory fsync refused with EINVAL on CIFS, vboxsf or WSL DrvFs.
+    ``result`` is the commit result, whose ``durability`` says what was achieved.  Pass
+    ``accept_weaker_durability=True`` to get the result instead of this error.
+    """
+
+    def __init__(self, message: str, *, result: CommitResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class AtomicOSError(AtomicWriteError, OSError):
+    """An operating-system call of the write protocol failed.  Keeps ``errno`` and ``filename``."""
+
+
+class TargetExistsError(AtomicOSError, FileExistsError):
+    """Exclusive creation (mode ``"x"``) found the target already there."""
+
+
+class TargetNotFoundError(AtomicOSError, FileNotFoundError):
+    """The target's directory does not exist (or vanished during the write)."""
+
+
+class AtomicPermissionError(AtomicOSError, PermissionError):
+    """The operating system refused the write (read-only directory, no permission...)."""
+
+
+class TargetIsADirectoryError(AtomicOSError, IsADirectoryError):
+    """The target is a directory; only files are replaced."""
+
+
+class NoSpaceError(AtomicOSError):
+    """The file system is full, a quota is exhausted, or the file grew past a size limit."""
+
+
+class CrossDeviceError(AtomicOSError):
+    """The temporary file and the target are on different file systems.
+
+    atomicwrite never falls back to a copy across file systems: a copy is not atomic.
+    """
+
+
+_BY_ERRNO: dict[int, type[AtomicOSError]] = {
+    _errno.EEXIST: TargetExistsError,
+    _errno.ENOENT: TargetNotFoundError,
+    _errno.EACCES: AtomicPermissionError,
+    _errno.EPERM: AtomicPermissionError,
+    _errno.EROFS: AtomicPermissionError,
+    _errno.EISDIR: TargetIsADirectoryError,
+    _errno.ENOSPC: NoSpaceError,
+    _errno.EDQUOT: NoSpaceError,
+    _errno.EFBIG: NoSpaceError,
+    _errno.EXDEV: CrossDeviceError,
+}
+
+
+def os_error(exc: OSError, target: str, action: str) -> AtomicOSError:
+    """Translate ``exc`` into the matching :class:`AtomicOSError`, naming the target and the step."""
+    cls = _BY_ERRNO.get(exc.errno or 0, AtomicOSError)
+    cause = exc.strerror or str(exc)
+    message = f"cannot write {target!r}: {action} failed: {cause}"
+    error = cls(exc.errno or 0, message, exc.filename if exc.filename is not None else target)
+    error.__cause__ = exc
+    return error

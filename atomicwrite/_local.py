@@ -1,0 +1,166 @@
+"""What the POSIX and Windows strategies share: temp names, target resolution, locks, sweeping.
+
+Temp names look like ``.{name}.aw{host}.{pid}.{random}.tmp``: hidden, beside the target, and
+specific enough that :func:`atomicwrite.sweep` never mistakes a user's own ``.x.tmp`` for one of
+ours.  ``host`` (a CRC of the host name) and ``pid`` tell a sweep whether the writer can still be
+alive; ``random`` makes names unguessable and unique.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import socket
+import time
+import zlib
+from abc import abstractmethod
+from typing import Any
+
+from ._errors import TargetIsADirectoryError, os_error
+from ._strategy import Strategy, TargetLock, WriteOptions
+
+__all__ = ["LocalStrategy", "temp_name", "parse_temp_name", "lock_name", "host_tag"]
+
+# The longest file name most file systems accept (ext4, XFS, APFS, NTFS: 255).
+NAME_MAX = 255
+_SUFFIX = ".tmp"
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.aw(?P<host>[0-9a-f]{8})\.(?P<pid>[0-9]{1,10})\.(?P<rand>[0-9a-f]{8})\.tmp$", re.S)
+
+_host_tag: str | None = None
+
+
+def host_tag() -> str:
+    """Eight hex digits that identify this host in temp names."""
+    global _host_tag
+    if _host_tag is None:
+        _host_tag = format(zlib.crc32(socket.gethostname().encode("utf-8", "surrogateescape")), "08x")
+    return _host_tag
+
+
+def _fit(name: str, room: int) -> str:
+    """``name`` cut to at most ``room`` bytes of UTF-8, never splitting a character."""
+    encoded = name.encode("utf-8", "surrogateescape")
+    if len(encoded) <= room:
+        return name
+    return encoded[:room].decode("utf-8", "ignore")
+
+
+def temp_name(name: str) -> str:
+    """A fresh temp name for a write to ``name``, at most NAME_MAX bytes long."""
+    tail = f".aw{host_tag()}.{os.getpid()}.{os.urandom(4).hex()}{_SUFFIX}"
+    return "." + _fit(name, NAME_MAX - 1 - len(tail)) + tail
+
+
+def parse_temp_name(entry: str) -> tuple[str, int] | None:
+    """``(host_tag, pid)`` if ``entry`` is one of our temp names, else None."""
+    match = _TEMP_NAME.match(entry)
+    if match is None:
+        return None
+    return match.group("host"), int(match.group("pid"))
+
+
+def lock_name(name: str) -> str:
+    """The lock file that serializes writers of ``name`` (``lock=True``); it is never removed,
+    since removing a lock file races with the next writer that opens it."""
+    return "." + _fit(name, NAME_MAX - 6) + ".lock"
+
+
+class _PortalockerLock(TargetLock):
+    def __init__(self, handle: Any) -> None:
+        self._handle: Any = handle
+
+    def release(self) -> None:
+        if self._handle is None:
+            return
+        import portalocker
+
+        handle, self._handle = self._handle, None
+        try:
+            portalocker.unlock(handle)
+        finally:
+            handle.close()
+
+
+class LocalStrategy(Strategy):
+    """Base of the local-disk strategies."""
+
+    def absolute(self, location: str) -> str:
+        """``location`` with ``~`` expanded and made absolute, without resolving ``..`` lexically."""
+        path = os.path.expanduser(location)
+        if not os.path.isabs(path):
+            path = os.path.join(os.getcwd(), path)
+        return path
+
+    def resolve(self, location: str, follow_symlinks: bool) -> str:
+        """The path whose directory entry will be replaced.
+
+        With ``follow_symlinks``, a chain of symlinks in the last component is followed (also a
+        dangling one, which then gets created, as ``open()`` does), so the link survives and the
+        temp file lands in the directory of the real file, on its file system.
+        """
+        path = self.absolute(location)
+        if follow_symlinks:
+            for _ in range(40):
+                link = self.read_link(path)
+                if link is None:
+                    break
+                path = link if os.path.isabs(link) else os.path.join(os.path.dirname(path), link)
+            else:
+                raise os_error(OSError(errno.ELOOP, os.strerror(errno.ELOOP), path), location, "resolving symlinks")
+        if os.path.basename(path) in ("", ".", ".."):
+            raise TargetIsADirectoryError(errno.EISDIR, f"cannot write {location!r}: it names a directory", location)
+        return path
+
+    @abstractmethod
+    def read_link(self, path: str) -> str | None:
+        """Where the symlink ``path`` points, or None if ``path`` is not a symlink."""
+
+    def read(self, location: str, options: WriteOptions) -> bytes | None:
+        path = self.resolve(location, options.follow_symlinks)
+        try:
+            with open(path, "rb") as file:
+                return file.read()
+        except FileNotFoundError:
+            return None
+        except IsADirectoryError as exc:
+            raise os_error(exc, location, "reading the current content") from None
+
+    def lock(self, location: str, options: WriteOptions) -> TargetLock:
+        import portalocker
+
+        path = self.resolve(location, options.follow_symlinks)
+        directory, name = os.path.split(path)
+        try:
+            handle = open(os.path.join(directory, lock_name(name)), "a")  # noqa: SIM115 - held until release
+        except OSError as exc:
+            raise os_error(exc, location, "opening the lock file") from None
+        try:
+            portalocker.lock(handle, portalocker.LockFlags.EXCLUSIVE)
+        except BaseException:
+            handle.close()
+            raise
+        return _PortalockerLock(handle)
+
+    def sweep(self, location: str, older_than: float, dry_run: bool) -> list[str]:
+        directory = self.absolute(location)
+        now = time.time()
+        removed: list[str] = []
+        for entry in sorted(os.listdir(directory)):
+            parsed = parse_temp_name(entry)
+            if parsed is None:
+                continue
+            host, pid = parsed
+            if self.remove_if_stale(directory, entry, host == host_tag(), pid, now - older_than, dry_run):
+                removed.append(os.path.join(directory, entry))
+        return removed
+
+    @abstractmethod
+    def remove_if_stale(
+        self, directory: str, entry: str, same_host: bool, pid: int, cutoff: float, dry_run: bool
+    ) -> bool:
+        """Remove the temp ``entry`` if its writer is gone; True if it was (or would be) removed.
+
+        ``cutoff`` is a time stamp: a temp last modified before it may be removed even when its
+        writer's liveness cannot be known (another host, a reused pid).
+        """

@@ -1,0 +1,470 @@
+"""The POSIX strategy (Linux, macOS, the BSDs): temp file beside the target, fsync, rename.
+
+The protocol, step by step (each step's reason is in the code):
+
+1. resolve a symlinked target to the file it names, so the link survives and the temp file lands
+   on the real file's file system;
+2. open the parent directory once and do every later call relative to that descriptor, so a
+   parent renamed or swapped for a symlink mid-write cannot redirect the write;
+3. create the temp file: unnamed with ``O_TMPFILE`` on Linux (a crash leaves nothing), else a
+   hidden ``O_EXCL | O_NOFOLLOW`` name beside the target; give it its final mode and owner;
+4. write, ``fsync`` (``F_FULLFSYNC`` on macOS), ``close`` and check each;
+5. publish with ``rename`` (replace) or ``renameat2(RENAME_NOREPLACE)`` / ``linkat`` (exclusive);
+6. ``fsync`` the directory so that the new name itself survives a power loss.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import io
+import os
+import stat
+import sys
+import threading
+from typing import Callable
+
+from ._errors import (
+    AtomicWriteError,
+    ConflictError,
+    DurabilityError,
+    TargetExistsError,
+    TargetIsADirectoryError,
+    UnsupportedTargetError,
+    os_error,
+)
+from ._local import LocalStrategy, temp_name
+from ._result import CommitResult, Durability, LocalVersion
+from ._strategy import PendingWrite, WriteOptions
+
+__all__ = ["PosixStrategy", "PosixPendingWrite", "pid_alive", "current_umask"]
+
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+# errnos by which open(O_TMPFILE) says "not here": the file system lacks support (EOPNOTSUPP),
+# or the kernel predates O_TMPFILE and sees only O_DIRECTORY (EISDIR) or rejects it (EINVAL).
+_NO_TMPFILE = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT}
+# errnos by which a directory fsync says "not supported here" (CIFS, vboxsf, WSL DrvFs...).
+_NO_DIR_FSYNC = {errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EBADF, errno.EACCES}
+_RENAME_NOREPLACE = 1
+
+_umask_lock = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux 4.7+)."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    # Elsewhere the only portable way is to set it and put it back; the lock keeps our own
+    # threads from seeing the temporary value.
+    with _umask_lock:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (a reused pid counts as alive)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_renameat2: Callable[[int, bytes, int, bytes, int], int] | None | bool = False
+
+
+def _load_renameat2() -> Callable[[int, bytes, int, bytes, int], int] | None:
+    """libc's ``renameat2`` (glibc 2.28+), or None where it is missing."""
+    global _renameat2
+    if _renameat2 is False:
+        function = None
+        if sys.platform == "linux":
+            try:
+                function = ctypes.CDLL(None, use_errno=True).renameat2
+                function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+                function.restype = ctypes.c_int
+            except (OSError, AttributeError):
+                function = None
+        _renameat2 = function
+    return _renameat2 if callable(_renameat2) else None
+
+
+def _sync(fd: int) -> None:
+    """Flush a file or directory to stable storage."""
+    if sys.platform == "darwin":
+        # macOS fsync only reaches the drive's cache; F_FULLFSYNC asks the drive to flush it.
+        # Some file systems (network, FAT) refuse it: then plain fsync is the best there is.
+        try:
+            fcntl.fcntl(fd, fcntl.F_FULLFSYNC)
+            return
+        except OSError:
+            pass
+    os.fsync(fd)
+
+
+class PosixPendingWrite(PendingWrite):
+    """A write in flight under the POSIX protocol."""
+
+    def __init__(
+        self,
+        *,
+        location: str,
+        target: str,
+        dir_fd: int,
+        name: str,
+        fd: int,
+        temp: str | None,
+        options: WriteOptions,
+        strategy_name: str,
+    ) -> None:
+        self._location = location
+        self._target = target
+        self._dir_fd: int | None = dir_fd
+        self._name = name
+        self._fd: int | None = fd
+        # The temp file's name in the directory, or None while it is an unnamed O_TMPFILE.
+        self._temp = temp
+        self._options = options
+        self._strategy_name = strategy_name
+        self._stream = io.FileIO(fd, "wb", closefd=False)
+        self._done = False
+
+    @property
+    def stream(self) -> io.RawIOBase:
+        return self._stream
+
+    def commit(self) -> CommitResult:
+        if self._done:
+            raise AtomicWriteError(f"write to {self._location!r} was already committed or discarded")
+        dir_fd, fd = self._dir_fd, self._fd
+        assert dir_fd is not None and fd is not None
+        options = self._options
+        step = "flushing the temp file"
+        try:
+            if options.durability != "none":
+                # The data must be on disk before the rename can reach it: a journaled rename of
+                # an unflushed file is exactly how ext4/XFS produce zero-length files after a crash.
+                _sync(fd)
+            step = "reading the temp file's status"
+            version = LocalVersion.from_stat(os.fstat(fd))
+            if self._temp is None:
+                step = "naming the temp file"
+                if options.exclusive:
+                    # linkat fails with EEXIST if the name exists: publishing and the existence
+                    # check are one atomic call, and nothing but the target ever gets a name.
+                    try:
+                        self._link_tmpfile(fd, self._name)
+                    except FileExistsError:
+                        raise TargetExistsError(
+                            errno.EEXIST, f"cannot create {self._location!r}: it already exists", self._location
+                        ) from None
+                    self._finish_publish(fd)
+                    return self._after_publish(version)
+                self._temp = self._link_tmpfile_to_temp_name(fd)
+            step = "closing the temp file"
+            self._fd = None
+            self._stream.close()
+            # close() is where NFS and some FUSE file systems report deferred write errors.
+            os.close(fd)
+            if options.if_match is not None:
+                step = "checking the target's version"
+                self._check_version(dir_fd)
+            step = "publishing"
+            if options.exclusive:
+                self._rename_noreplace(dir_fd, self._temp, self._name)
+            else:
+                # rename(2) replaces the name in one step: readers see the old or the new file.
+                os.rename(self._temp, self._name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            self._temp = None
+        except BaseException as exc:
+            self.discard()
+            if isinstance(exc, OSError) and not isinstance(exc, AtomicWriteError):
+                raise os_error(exc, self._location, step) from None
+            raise
+        self._done = True
+        return self._after_publish(version)
+
+    def _finish_publish(self, fd: int) -> None:
+        """Close the O_TMPFILE descriptor after it was linked straight to the target name."""
+        self._fd = None
+        self._temp = None
+        self._done = True
+        self._stream.close()
+        os.close(fd)
+
+    def _after_publish(self, version: LocalVersion) -> CommitResult:
+        """The directory fsync and the result.  The new content is published: never unlink now."""
+        dir_fd, self._dir_fd = self._dir_fd, None
+        assert dir_fd is not None
+        options = self._options
+        achieved: Durability = options.durability
+        try:
+            if options.durability == "full":
+                try:
+                    # The rename lives in the directory; until the directory is flushed a power
+                    # loss can bring back the old name (or, for a new file, no name at all).
+                    _sync(dir_fd)
+                except OSError as exc:
+                    if exc.errno not in _NO_DIR_FSYNC:
+                        raise os_error(exc, self._location, "flushing the directory") from None
+                    achieved = "file"
+        finally:
+            os.close(dir_fd)
+        result = CommitResult(
+            target=self._target,
+            strategy=self._strategy_name,
+            durability=achieved,
+            bytes_written=version.size,
+            version=version,
+        )
+        if achieved != options.durability and not options.accept_weaker_durability:
+            raise DurabilityError(
+                f"{self._location!r} was replaced, but its directory cannot be flushed on this file"
+                f" system, so the new name may not survive a power loss (durability achieved:"
+                f" {achieved!r}, asked: {options.durability!r}); pass accept_weaker_durability=True"
+                " to accept this",
+                result=result,
+            )
+        return result
+
+    def _link_tmpfile(self, fd: int, name: str) -> None:
+        # linkat(AT_FDCWD, "/proc/self/fd/N", dir_fd, name, AT_SYMLINK_FOLLOW) gives the unnamed
+        # file a name; unlike AT_EMPTY_PATH it needs no CAP_DAC_READ_SEARCH.
+        os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=self._dir_fd, follow_symlinks=True)
+
+    def _link_tmpfile_to_temp_name(self, fd: int) -> str:
+        while True:
+            candidate = temp_name(self._name)
+            try:
+                self._link_tmpfile(fd, candidate)
+            except FileExistsError:
+                continue
+            return candidate
+
+    def _check_version(self, dir_fd: int) -> None:
+        try:
+            current: LocalVersion | None = LocalVersion.from_stat(
+                os.stat(self._name, dir_fd=dir_fd, follow_symlinks=False)
+            )
+        except FileNotFoundError:
+            current = None
+        if current != self._options.if_match:
+            raise ConflictError(
+                f"{self._location!r} changed since version {self._options.if_match!r} (now {current!r});"
+                " it was left as it is",
+                expected=self._options.if_match,
+                actual=current,
+            )
+
+    def _rename_noreplace(self, dir_fd: int, temp: str, name: str) -> None:
+        renameat2 = _load_renameat2()
+        if renameat2 is not None:
+            if renameat2(dir_fd, os.fsencode(temp), dir_fd, os.fsencode(name), _RENAME_NOREPLACE) == 0:
+                return
+            code = ctypes.get_errno()
+            if code == errno.EEXIST:
+                raise TargetExistsError(code, f"cannot create {self._location!r}: it already exists", self._location)
+            if code not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise OSError(code, os.strerror(code), self._location)
+        # No RENAME_NOREPLACE here: link(2) also refuses an existing name atomically.  The temp
+        # name is then a second link to the published file; dropping it is safe (and if a crash
+        # comes first, sweep() drops it).
+        try:
+            os.link(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+        except FileExistsError as exc:
+            raise TargetExistsError(
+                errno.EEXIST, f"cannot create {self._location!r}: it already exists", self._location
+            ) from exc
+        self._temp = None
+        try:
+            os.unlink(temp, dir_fd=dir_fd)
+        except OSError:
+            pass
+
+    def discard(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        fd, self._fd = self._fd, None
+        temp, self._temp = self._temp, None
+        dir_fd, self._dir_fd = self._dir_fd, None
+        try:
+            if fd is not None:
+                self._stream.close()
+                os.close(fd)
+        except OSError:
+            pass
+        try:
+            if temp is not None and dir_fd is not None:
+                os.unlink(temp, dir_fd=dir_fd)
+        except OSError:
+            pass
+        finally:
+            if dir_fd is not None:
+                os.close(dir_fd)
+
+
+class PosixStrategy(LocalStrategy):
+    """Local files on POSIX systems."""
+
+    name = "posix"
+
+    def __init__(self, *, use_tmpfile: bool | None = None) -> None:
+        # O_TMPFILE needs Linux and /proc (the commit names the file through /proc/self/fd).
+        if use_tmpfile is None:
+            use_tmpfile = sys.platform == "linux" and os.path.isdir("/proc/self/fd")
+        self.use_tmpfile = use_tmpfile
+
+    def read_link(self, path: str) -> str | None:
+        try:
+            return os.readlink(path)
+        except OSError as exc:
+            # EINVAL: not a symlink; ENOENT: nothing there (yet). Either way, path is the target.
+            if exc.errno in (errno.EINVAL, errno.ENOENT):
+                return None
+            raise os_error(exc, path, "reading the symlink") from None
+
+    def begin(self, location: str, options: WriteOptions) -> PosixPendingWrite:
+        target = self.resolve(location, options.follow_symlinks)
+        parent, name = os.path.split(target)
+        try:
+            dir_fd = os.open(parent, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
+        except OSError as exc:
+            raise os_error(exc, location, "opening the target's directory") from None
+        try:
+            old = self._existing(dir_fd, name, location, options)
+            fd, temp = self._create_temp(dir_fd, name, location)
+            try:
+                self._set_owner_and_mode(fd, old, options)
+                # Held for the writer's lifetime, released by the kernel when it dies: this is
+                # how sweep() tells a live writer's temp from a dead one's.
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BaseException:
+                os.close(fd)
+                if temp is not None:
+                    os.unlink(temp, dir_fd=dir_fd)
+                raise
+        except BaseException as exc:
+            os.close(dir_fd)
+            if isinstance(exc, OSError) and not isinstance(exc, AtomicWriteError):
+                raise os_error(exc, location, "creating the temp file") from None
+            raise
+        return PosixPendingWrite(
+            location=location,
+            target=target,
+            dir_fd=dir_fd,
+            name=name,
+            fd=fd,
+            temp=temp,
+            options=options,
+            strategy_name=self.name,
+        )
+
+    def _existing(self, dir_fd: int, name: str, location: str, options: WriteOptions) -> os.stat_result | None:
+        """The current target's status (None if absent), refusing what must not be replaced."""
+        try:
+            old = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            old = None
+        if old is not None:
+            if stat.S_ISDIR(old.st_mode):
+                raise TargetIsADirectoryError(errno.EISDIR, f"cannot write {location!r}: it is a directory", location)
+            if options.exclusive:
+                raise TargetExistsError(errno.EEXIST, f"cannot create {location!r}: it already exists", location)
+            if not stat.S_ISREG(old.st_mode) and not stat.S_ISLNK(old.st_mode):
+                raise UnsupportedTargetError(
+                    f"cannot replace {location!r}: it is not a regular file (a device, FIFO or socket)"
+                )
+        if options.if_match is not None:
+            current = None if old is None else LocalVersion.from_stat(old)
+            if current != options.if_match:
+                raise ConflictError(
+                    f"{location!r} changed since version {options.if_match!r} (now {current!r});"
+                    " it was left as it is",
+                    expected=options.if_match,
+                    actual=current,
+                )
+        return old
+
+    def _create_temp(self, dir_fd: int, name: str, location: str) -> tuple[int, str | None]:
+        """Open a new temp file in the directory: ``(fd, name)``, name None for O_TMPFILE."""
+        if self.use_tmpfile and sys.platform == "linux":
+            try:
+                # Unnamed until commit: a crash at any point before it leaves nothing behind.
+                return os.open(".", os.O_TMPFILE | os.O_WRONLY | _O_CLOEXEC, 0o600, dir_fd=dir_fd), None
+            except OSError as exc:
+                if exc.errno not in _NO_TMPFILE:
+                    raise
+        while True:
+            candidate = temp_name(name)
+            try:
+                # O_EXCL: never reuse or follow anything already there (a planted symlink, a
+                # stale temp); O_NOFOLLOW for the same reason on systems where O_EXCL is lax.
+                # 0o600: nobody else reads the content before its final mode is set.
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC
+                return os.open(candidate, flags, 0o600, dir_fd=dir_fd), candidate
+            except FileExistsError:
+                continue
+
+    def _set_owner_and_mode(self, fd: int, old: os.stat_result | None, options: WriteOptions) -> None:
+        """Give the temp file its final owner and mode before any byte of it is published."""
+        preserve = old is not None and options.preserve_permissions and stat.S_ISREG(old.st_mode)
+        if preserve and old is not None and (old.st_uid, old.st_gid) != (os.geteuid(), os.getegid()):
+            try:
+                os.fchown(fd, old.st_uid, old.st_gid)
+            except PermissionError:
+                # Only root may give a file away; keep at least the group where we are a member.
+                try:
+                    os.fchown(fd, -1, old.st_gid)
+                except PermissionError:
+                    pass
+        if options.permissions is not None:
+            mode = options.permissions
+        elif preserve and old is not None:
+            mode = stat.S_IMODE(old.st_mode)
+        else:
+            # What open() would give a new file.
+            mode = 0o666 & ~current_umask()
+        # After fchown, which clears the setuid and setgid bits.
+        os.fchmod(fd, mode)
+
+    def remove_if_stale(
+        self, directory: str, entry: str, same_host: bool, pid: int, cutoff: float, dry_run: bool
+    ) -> bool:
+        try:
+            # O_NOFOLLOW: a symlink planted under a temp-like name is never followed (or ours).
+            fd = os.open(os.path.join(directory, entry), os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            return False
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return False
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # a live writer holds it
+            if same_host and pid_alive(pid) and st.st_mtime >= cutoff:
+                # The writer's pid is alive: either it is between creating and locking the temp,
+                # or the pid was reused.  Leave it until it is old enough to be sure.
+                return False
+            if not same_host and st.st_mtime >= cutoff:
+                return False
+            if not dry_run:
+                os.unlink(os.path.join(directory, entry))
+            return True
+        finally:
+            os.close(fd)

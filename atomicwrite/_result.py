@@ -1,0 +1,60 @@
+"""What a commit reports."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["CommitResult", "Durability", "LocalVersion", "durability_rank"]
+
+#: ``"none"``: atomic against process crashes only; ``"file"``: the file's data was flushed to
+#: stable storage; ``"full"``: the file and the directory entry that names it were flushed.
+Durability = Literal["none", "file", "full"]
+
+_RANK: dict[str, int] = {"none": 0, "file": 1, "full": 2}
+
+
+def durability_rank(level: str) -> int:
+    """Order durability levels so that they can be compared: none < file < full."""
+    return _RANK[level]
+
+
+@dataclass(frozen=True)
+class LocalVersion:
+    """Identifies one version of a local file, for compare-and-swap (``if_match=``).
+
+    A replace publishes a new inode, so two versions never share ``(device, inode, mtime_ns,
+    size)`` while the old one is still referenced; comparing all four also catches a file that
+    was rewritten in place by a program that does not use atomicwrite.
+    """
+
+    device: int
+    inode: int
+    mtime_ns: int
+    size: int
+
+    @classmethod
+    def from_stat(cls, st: os.stat_result) -> LocalVersion:
+        return cls(st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    """The outcome of a successful commit.
+
+    Attributes:
+        target: the path (or URI) that now holds the new content; for a symlinked target, the
+            file the link points to.
+        strategy: the name of the strategy that wrote it (``"posix"``, ``"windows"``, ...).
+        durability: what was actually achieved, which can be weaker than what was asked only
+            when ``accept_weaker_durability=True``.
+        bytes_written: the size of the new content.
+        version: a token for a later conditional write (``if_match=``).
+    """
+
+    target: str
+    strategy: str
+    durability: Durability
+    bytes_written: int
+    version: object

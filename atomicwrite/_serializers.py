@@ -1,0 +1,132 @@
+"""Serializers for :func:`atomicwrite.atomic_save`, by name.
+
+Builtin: ``"bytes"``, ``"text"``, ``"json"``, ``"pickle"``.  Other packages add theirs through the
+``atomicwrite.serializers`` entry-point group (an entry point names a :class:`Serializer` or a
+plain ``(obj, fileobj) -> None`` callable), or at run time with :func:`register_serializer`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO, Any
+
+from ._errors import SerializerNotFoundError, UsageError
+
+__all__ = ["Serializer", "register_serializer", "get_serializer", "ENTRY_POINT_GROUP"]
+
+ENTRY_POINT_GROUP = "atomicwrite.serializers"
+
+
+@dataclass(frozen=True)
+class Serializer:
+    """How to write an object to a file (and, for :func:`atomic_update`, read it back).
+
+    Attributes:
+        name: the name :func:`atomic_save` knows it by.
+        dump: writes ``obj`` to the open file, streaming: ``dump(obj, fileobj)``.
+        load: reads an object back from an open file, or None if this serializer cannot.
+        binary: whether ``dump`` and ``load`` take binary (True) or text (False) files.
+        encoding: the text encoding used when the caller gives none (text serializers only).
+    """
+
+    name: str
+    dump: Callable[[Any, IO[Any]], None]
+    load: Callable[[IO[Any]], Any] | None = None
+    binary: bool = True
+    encoding: str | None = None
+
+
+def _dump_bytes(obj: Any, file: IO[Any]) -> None:
+    if not isinstance(obj, (bytes, bytearray, memoryview)):
+        raise UsageError(f"the 'bytes' serializer needs a bytes-like object, not {type(obj).__name__}")
+    file.write(obj)
+
+
+def _dump_text(obj: Any, file: IO[Any]) -> None:
+    if not isinstance(obj, str):
+        raise UsageError(f"the 'text' serializer needs a str, not {type(obj).__name__}")
+    file.write(obj)
+
+
+def _read(file: IO[Any]) -> Any:
+    return file.read()
+
+
+def _dump_json(obj: Any, file: IO[Any]) -> None:
+    import json
+
+    json.dump(obj, file, ensure_ascii=False, indent=2)
+    file.write("\n")
+
+
+def _load_json(file: IO[Any]) -> Any:
+    import json
+
+    return json.load(file)
+
+
+def _dump_pickle(obj: Any, file: IO[Any]) -> None:
+    import pickle
+
+    pickle.dump(obj, file, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _load_pickle(file: IO[Any]) -> Any:
+    import pickle
+
+    return pickle.load(file)  # noqa: S301 - reading back what this process's caller wrote
+
+
+_REGISTRY: dict[str, Serializer] = {}
+
+
+def register_serializer(serializer: Serializer, *, replace: bool = False) -> None:
+    """Make ``serializer`` available to :func:`atomic_save` under its name."""
+    if serializer.name in _REGISTRY and not replace:
+        raise UsageError(f"a serializer named {serializer.name!r} is already registered")
+    _REGISTRY[serializer.name] = serializer
+
+
+for _builtin in (
+    Serializer("bytes", _dump_bytes, _read, binary=True),
+    Serializer("text", _dump_text, _read, binary=False, encoding="utf-8"),
+    Serializer("json", _dump_json, _load_json, binary=False, encoding="utf-8"),
+    Serializer("pickle", _dump_pickle, _load_pickle, binary=True),
+):
+    register_serializer(_builtin)
+
+
+def _from_entry_point(name: str) -> Serializer | None:
+    from importlib.metadata import entry_points
+
+    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+        if entry_point.name == name:
+            loaded = entry_point.load()
+            if isinstance(loaded, Serializer):
+                return loaded
+            if callable(loaded):
+                return Serializer(name, loaded)
+            raise UsageError(f"entry point {entry_point.value!r} is neither a Serializer nor callable")
+    return None
+
+
+def get_serializer(serializer: str | Serializer | Callable[[Any, IO[bytes]], None]) -> Serializer:
+    """Look a serializer up by name, or wrap a ``(obj, fileobj) -> None`` callable (binary)."""
+    if isinstance(serializer, Serializer):
+        return serializer
+    if isinstance(serializer, str):
+        found = _REGISTRY.get(serializer)
+        if found is None:
+            found = _from_entry_point(serializer)
+            if found is None:
+                known = ", ".join(sorted(_REGISTRY))
+                raise SerializerNotFoundError(
+                    f"no serializer named {serializer!r} (known: {known}; others come from the"
+                    f" {ENTRY_POINT_GROUP!r} entry-point group)"
+                )
+            _REGISTRY[serializer] = found
+        return found
+    if callable(serializer):
+        return Serializer(getattr(serializer, "__name__", repr(serializer)), serializer)
+    raise UsageError(f"serializer must be a name, a Serializer or a callable, not {type(serializer).__name__}")

@@ -1,0 +1,148 @@
+"""The strategy interface and the one place where a strategy is chosen for a target.
+
+A *strategy* knows how to make a write all-or-nothing on one kind of storage: the POSIX
+protocol, the Windows one, an object store.  Strategies are registered by protocol, the way
+fsspec registers its file systems, and imported only when a target of theirs is first written.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import os
+import sys
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._errors import UnsupportedTargetError, UsageError
+from ._result import CommitResult, Durability
+
+__all__ = [
+    "WriteOptions",
+    "PendingWrite",
+    "Strategy",
+    "TargetLock",
+    "register_strategy",
+    "resolve_target",
+    "split_protocol",
+]
+
+
+@dataclass(frozen=True)
+class WriteOptions:
+    """Everything a strategy needs to know about one write, validated by the public API."""
+
+    exclusive: bool = False
+    durability: Durability = "full"
+    accept_weaker_durability: bool = False
+    preserve_permissions: bool = True
+    permissions: int | None = None
+    follow_symlinks: bool = True
+    if_match: object | None = None
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
+
+
+class PendingWrite(ABC):
+    """One write in flight: bytes go to :attr:`stream`; then exactly one of commit or discard."""
+
+    @property
+    @abstractmethod
+    def stream(self) -> io.RawIOBase:
+        """The unbuffered stream the new content is written to (a temp file, an upload...)."""
+
+    @abstractmethod
+    def commit(self) -> CommitResult:
+        """Publish the new content atomically.  On failure, discard and raise."""
+
+    @abstractmethod
+    def discard(self) -> None:
+        """Drop the new content; the target is left as it was.  Safe to call more than once."""
+
+
+class TargetLock(ABC):
+    """An exclusive lock on one target, shared by every writer that asks for it."""
+
+    @abstractmethod
+    def release(self) -> None:
+        """Release the lock.  Safe to call more than once."""
+
+
+class Strategy(ABC):
+    """How to write atomically to one kind of storage."""
+
+    #: Short name, reported in :class:`~atomicwrite.CommitResult`.
+    name: str = ""
+
+    @abstractmethod
+    def begin(self, location: str, options: WriteOptions) -> PendingWrite:
+        """Start a write to ``location`` (a path or URI, as given by the caller)."""
+
+    @abstractmethod
+    def read(self, location: str, options: WriteOptions) -> bytes | None:
+        """The current content of ``location``, or None if it does not exist."""
+
+    @abstractmethod
+    def lock(self, location: str, options: WriteOptions) -> TargetLock:
+        """Block until this process holds the exclusive lock of ``location``."""
+
+    @abstractmethod
+    def sweep(self, location: str, older_than: float, dry_run: bool) -> list[str]:
+        """Remove what dead writers left under ``location``; return what was (or would be) removed."""
+
+
+# protocol -> "module:attribute" naming a Strategy subclass; imported on first use.
+_REGISTRY: dict[str, str] = {}
+_INSTANCES: dict[str, Strategy] = {}
+
+_LOCAL_STRATEGY = (
+    "atomicwrite._windows:WindowsStrategy" if sys.platform == "win32" else "atomicwrite._posix:PosixStrategy"
+)
+
+
+def register_strategy(protocols: str | tuple[str, ...], implementation: str, *, replace: bool = False) -> None:
+    """Register a strategy (``"package.module:ClassName"``) for one or more URL protocols."""
+    for protocol in (protocols,) if isinstance(protocols, str) else protocols:
+        if protocol in _REGISTRY and not replace and _REGISTRY[protocol] != implementation:
+            raise UsageError(f"protocol {protocol!r} already has a strategy: {_REGISTRY[protocol]}")
+        _REGISTRY[protocol] = implementation
+        _INSTANCES.pop(protocol, None)
+
+
+register_strategy(("", "file", "local"), _LOCAL_STRATEGY)
+
+
+def split_protocol(target: str) -> tuple[str, str]:
+    """Split ``"s3://bucket/key"`` into ``("s3", "bucket/key")``; a plain path has protocol ``""``.
+
+    Only ``scheme://`` counts as a protocol, so a Windows drive (``C:\\data``) stays a path.
+    """
+    scheme, sep, rest = target.partition("://")
+    if sep and scheme and scheme.replace("+", "").replace("-", "").replace(".", "").isalnum() and len(scheme) > 1:
+        return scheme.lower(), rest
+    return "", target
+
+
+def resolve_target(target: str | os.PathLike[str]) -> tuple[Strategy, str]:
+    """Choose the strategy for ``target`` and return it with the location it should be given."""
+    if isinstance(target, bytes) or not isinstance(target, (str, os.PathLike)):
+        raise UsageError(f"target must be a str or os.PathLike[str], not {type(target).__name__}")
+    text = os.fspath(target)
+    if not isinstance(text, str):
+        raise UsageError(f"target must be a str path, not {type(text).__name__}")
+    if not text:
+        raise UsageError("target is an empty path")
+    protocol, rest = split_protocol(text)
+    if protocol not in _REGISTRY:
+        raise UnsupportedTargetError(
+            f"no atomic strategy for {protocol!r} URLs ({text!r}); registered: "
+            + ", ".join(sorted(p for p in _REGISTRY if p))
+        )
+    strategy = _INSTANCES.get(protocol)
+    if strategy is None:
+        module_name, _, attribute = _REGISTRY[protocol].partition(":")
+        strategy_class = getattr(importlib.import_module(module_name), attribute)
+        strategy = _INSTANCES[protocol] = strategy_class()
+    location = rest if protocol in ("file", "local") else text
+    return strategy, location
