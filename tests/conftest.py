@@ -1,0 +1,47 @@
+"""Shared fixtures: every contract test runs once per local strategy variant."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import atomicwrite._strategy as strategy_registry
+
+LOCAL_VARIANTS = ["named-temp"] + (["o_tmpfile"] if sys.platform == "linux" else [])
+
+
+def make_local_strategy(variant: str) -> strategy_registry.Strategy:
+    from atomicwrite._posix import PosixStrategy
+
+    return PosixStrategy(use_tmpfile=(variant == "o_tmpfile"))
+
+
+@pytest.fixture(params=LOCAL_VARIANTS)
+def local_variant(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Route local paths through one POSIX variant: O_TMPFILE, or a named temp file.
+
+    Subprocesses pick the same variant up from ATOMICWRITE_TEST_VARIANT (see tests/_variant.py).
+    """
+    variant: str = request.param
+    strategy = make_local_strategy(variant)
+    for protocol in ("", "file", "local"):
+        monkeypatch.setitem(strategy_registry._INSTANCES, protocol, strategy)
+    monkeypatch.setenv("ATOMICWRITE_TEST_VARIANT", variant)
+    yield variant
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, local_variant: str) -> Path:
+    """An empty directory, written through the current local strategy variant."""
+    directory = tmp_path / "work"
+    directory.mkdir()
+    return directory
+
+
+def listing(directory: Path) -> list[str]:
+    """Every entry of ``directory``, hidden ones included, sorted."""
+    return sorted(os.listdir(directory))
