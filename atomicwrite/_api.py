@@ -203,8 +203,7 @@ def _open(
     if binary and (encoding is not None or errors is not None or newline is not None):
         raise UsageError("encoding, errors and newline are for text modes, not binary ones")
     if not binary:
-        encoding = io.text_encoding(encoding)
-        if encoding != "locale":
+        if encoding is not None:
             codecs.lookup(encoding)  # an unknown encoding fails here, before anything is created
         if newline not in (None, "", "\n", "\r", "\r\n"):
             raise UsageError(f"illegal newline value: {newline!r}")
@@ -425,7 +424,14 @@ def atomic_update(
             old = load(io.StringIO(raw.decode(text_encoding or "utf-8")))
         new = update(old)
         file = _open(
-            strategy, location, write_options, binary=binary, lock=False, encoding=text_encoding, errors=None, newline=None
+            strategy,
+            location,
+            write_options,
+            binary=binary,
+            lock=False,
+            encoding=text_encoding,
+            errors=None,
+            newline=None,
         )
         with file:
             chosen.dump(new, file)
@@ -435,9 +441,7 @@ def atomic_update(
         held.release()
 
 
-def sweep(
-    location: Target, *, older_than: float | timedelta = timedelta(hours=1), dry_run: bool = False
-) -> list[str]:
+def sweep(location: Target, *, older_than: float | timedelta = timedelta(hours=1), dry_run: bool = False) -> list[str]:
     """Remove the temp files (or pending uploads) that dead writers left in ``location``.
 
     Only this library's own leftovers are touched, recognised by their name: never a user's

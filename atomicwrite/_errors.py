@@ -15,19 +15,19 @@ if TYPE_CHECKING:
     from ._result import CommitResult
 
 __all__ = [
-    "AtomicWriteError",
     "AtomicOSError",
-    "TargetExistsError",
-    "TargetNotFoundError",
     "AtomicPermissionError",
-    "TargetIsADirectoryError",
-    "NoSpaceError",
-    "CrossDeviceError",
+    "AtomicWriteError",
     "ConflictError",
+    "CrossDeviceError",
     "DurabilityError",
+    "NoSpaceError",
+    "SerializerNotFoundError",
+    "TargetExistsError",
+    "TargetIsADirectoryError",
+    "TargetNotFoundError",
     "UnsupportedTargetError",
     "UsageError",
-    "SerializerNotFoundError",
 ]
 
 

@@ -17,15 +17,18 @@ import zlib
 from abc import abstractmethod
 from typing import Any
 
-from ._errors import TargetIsADirectoryError, os_error
+from ._errors import ConflictError, TargetIsADirectoryError, os_error
+from ._result import LocalVersion
 from ._strategy import Strategy, TargetLock, WriteOptions
 
-__all__ = ["LocalStrategy", "temp_name", "parse_temp_name", "lock_name", "host_tag"]
+__all__ = ["LocalStrategy", "host_tag", "lock_name", "parse_temp_name", "temp_name"]
 
 # The longest file name most file systems accept (ext4, XFS, APFS, NTFS: 255).
 NAME_MAX = 255
 _SUFFIX = ".tmp"
-_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.aw(?P<host>[0-9a-f]{8})\.(?P<pid>[0-9]{1,10})\.(?P<rand>[0-9a-f]{8})\.tmp$", re.S)
+_TEMP_NAME = re.compile(
+    r"^\.(?P<name>.+)\.aw(?P<host>[0-9a-f]{8})\.(?P<pid>[0-9]{1,10})\.(?P<rand>[0-9a-f]{8})\.tmp$", re.DOTALL
+)
 
 _host_tag: str | None = None
 
@@ -64,6 +67,16 @@ def lock_name(name: str) -> str:
     """The lock file that serializes writers of ``name`` (``lock=True``); it is never removed,
     since removing a lock file races with the next writer that opens it."""
     return "." + _fit(name, NAME_MAX - 6) + ".lock"
+
+
+def require_version(location: str, expected: object, current: LocalVersion | None) -> None:
+    """Raise ConflictError unless the target is at the version a conditional write expects."""
+    if current != expected:
+        raise ConflictError(
+            f"{location!r} changed since version {expected!r} (now {current!r}); it was left as it is",
+            expected=expected,
+            actual=current,
+        )
 
 
 class _PortalockerLock(TargetLock):
@@ -151,13 +164,16 @@ class LocalStrategy(Strategy):
             if parsed is None:
                 continue
             host, pid = parsed
-            if self.remove_if_stale(directory, entry, host == host_tag(), pid, now - older_than, dry_run):
+            stale = self.remove_if_stale(
+                directory, entry, same_host=host == host_tag(), pid=pid, cutoff=now - older_than, dry_run=dry_run
+            )
+            if stale:
                 removed.append(os.path.join(directory, entry))
         return removed
 
     @abstractmethod
     def remove_if_stale(
-        self, directory: str, entry: str, same_host: bool, pid: int, cutoff: float, dry_run: bool
+        self, directory: str, entry: str, *, same_host: bool, pid: int, cutoff: float, dry_run: bool
     ) -> bool:
         """Remove the temp ``entry`` if its writer is gone; True if it was (or would be) removed.
 

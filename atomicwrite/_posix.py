@@ -15,6 +15,7 @@ The protocol, step by step (each step's reason is in the code):
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -23,22 +24,24 @@ import os
 import stat
 import sys
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from ._errors import (
     AtomicWriteError,
-    ConflictError,
     DurabilityError,
     TargetExistsError,
     TargetIsADirectoryError,
     UnsupportedTargetError,
     os_error,
 )
-from ._local import LocalStrategy, temp_name
+from ._local import LocalStrategy, require_version, temp_name
 from ._result import CommitResult, Durability, LocalVersion
 from ._strategy import PendingWrite, WriteOptions
 
-__all__ = ["PosixStrategy", "PosixPendingWrite", "pid_alive", "current_umask"]
+# This module is for POSIX systems only; the assert tells type checkers so (mypy --platform win32).
+assert sys.platform != "win32"
+
+__all__ = ["PosixPendingWrite", "PosixStrategy", "current_umask", "pid_alive"]
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -83,7 +86,7 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-_renameat2: Callable[[int, bytes, int, bytes, int], int] | None | bool = False
+_renameat2: Callable[[int, bytes, int, bytes, int], int] | bool | None = False
 
 
 def _load_renameat2() -> Callable[[int, bytes, int, bytes, int], int] | None:
@@ -150,7 +153,8 @@ class PosixPendingWrite(PendingWrite):
         if self._done:
             raise AtomicWriteError(f"write to {self._location!r} was already committed or discarded")
         dir_fd, fd = self._dir_fd, self._fd
-        assert dir_fd is not None and fd is not None
+        assert dir_fd is not None
+        assert fd is not None
         options = self._options
         step = "flushing the temp file"
         try:
@@ -261,13 +265,7 @@ class PosixPendingWrite(PendingWrite):
             )
         except FileNotFoundError:
             current = None
-        if current != self._options.if_match:
-            raise ConflictError(
-                f"{self._location!r} changed since version {self._options.if_match!r} (now {current!r});"
-                " it was left as it is",
-                expected=self._options.if_match,
-                actual=current,
-            )
+        require_version(self._location, self._options.if_match, current)
 
     def _rename_noreplace(self, dir_fd: int, temp: str, name: str) -> None:
         renameat2 = _load_renameat2()
@@ -289,10 +287,8 @@ class PosixPendingWrite(PendingWrite):
                 errno.EEXIST, f"cannot create {self._location!r}: it already exists", self._location
             ) from exc
         self._temp = None
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(temp, dir_fd=dir_fd)
-        except OSError:
-            pass
 
     def discard(self) -> None:
         if self._done:
@@ -389,14 +385,7 @@ class PosixStrategy(LocalStrategy):
                     f"cannot replace {location!r}: it is not a regular file (a device, FIFO or socket)"
                 )
         if options.if_match is not None:
-            current = None if old is None else LocalVersion.from_stat(old)
-            if current != options.if_match:
-                raise ConflictError(
-                    f"{location!r} changed since version {options.if_match!r} (now {current!r});"
-                    " it was left as it is",
-                    expected=options.if_match,
-                    actual=current,
-                )
+            require_version(location, options.if_match, None if old is None else LocalVersion.from_stat(old))
         return old
 
     def _create_temp(self, dir_fd: int, name: str, location: str) -> tuple[int, str | None]:
@@ -427,10 +416,8 @@ class PosixStrategy(LocalStrategy):
                 os.fchown(fd, old.st_uid, old.st_gid)
             except PermissionError:
                 # Only root may give a file away; keep at least the group where we are a member.
-                try:
+                with contextlib.suppress(PermissionError):
                     os.fchown(fd, -1, old.st_gid)
-                except PermissionError:
-                    pass
         if options.permissions is not None:
             mode = options.permissions
         elif preserve and old is not None:
@@ -442,7 +429,7 @@ class PosixStrategy(LocalStrategy):
         os.fchmod(fd, mode)
 
     def remove_if_stale(
-        self, directory: str, entry: str, same_host: bool, pid: int, cutoff: float, dry_run: bool
+        self, directory: str, entry: str, *, same_host: bool, pid: int, cutoff: float, dry_run: bool
     ) -> bool:
         try:
             # O_NOFOLLOW: a symlink planted under a temp-like name is never followed (or ours).

@@ -13,7 +13,7 @@ from typing import IO, Any
 
 from ._errors import SerializerNotFoundError, UsageError
 
-__all__ = ["Serializer", "register_serializer", "get_serializer", "ENTRY_POINT_GROUP"]
+__all__ = ["ENTRY_POINT_GROUP", "Serializer", "get_serializer", "register_serializer"]
 
 ENTRY_POINT_GROUP = "atomicwrite.serializers"
 

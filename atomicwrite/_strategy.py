@@ -20,10 +20,10 @@ from ._errors import UnsupportedTargetError, UsageError
 from ._result import CommitResult, Durability
 
 __all__ = [
-    "WriteOptions",
     "PendingWrite",
     "Strategy",
     "TargetLock",
+    "WriteOptions",
     "register_strategy",
     "resolve_target",
     "split_protocol",

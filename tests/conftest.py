@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ def make_local_strategy(variant: str) -> strategy_registry.Strategy:
 
 
 @pytest.fixture(params=LOCAL_VARIANTS)
-def local_variant(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def local_variant(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Route local paths through one POSIX variant: O_TMPFILE, or a named temp file.
 
     Subprocesses pick the same variant up from ATOMICWRITE_TEST_VARIANT (see tests/_variant.py).
@@ -31,7 +30,7 @@ def local_variant(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
     for protocol in ("", "file", "local"):
         monkeypatch.setitem(strategy_registry._INSTANCES, protocol, strategy)
     monkeypatch.setenv("ATOMICWRITE_TEST_VARIANT", variant)
-    yield variant
+    return variant
 
 
 @pytest.fixture

@@ -1,0 +1,136 @@
+"""Run the benchmarks: ``python -m benchmarks [--quick]`` (or ``nox -s bench``).
+
+Each row runs our code and its baseline alternately, several rounds, and reports the medians,
+the spread (min..max) and their ratio.  The machines are noisy, so only ratios measured side by
+side in the same run mean anything; absolute times are printed for context.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from atomicwrite import atomic_open
+
+MiB = 1 << 20
+
+
+@dataclass
+class Row:
+    workload: str
+    ours: list[float]
+    baseline_name: str
+    baseline: list[float]
+    unit: str
+    higher_is_better: bool
+
+    def ratio(self) -> float:
+        ours, base = statistics.median(self.ours), statistics.median(self.baseline)
+        return ours / base if self.higher_is_better else base / ours
+
+
+def alternate(rounds: int, ours: Callable[[], float], baseline: Callable[[], float]) -> tuple[list[float], list[float]]:
+    """Run both ``rounds`` times, alternating which goes first, after one warm-up each."""
+    ours()
+    baseline()
+    mine: list[float] = []
+    theirs: list[float] = []
+    for index in range(rounds):
+        if index % 2:
+            theirs.append(baseline())
+            mine.append(ours())
+        else:
+            mine.append(ours())
+            theirs.append(baseline())
+    return mine, theirs
+
+
+def raw_replace(directory: Path, payload: bytes) -> None:
+    """The floor for a durable replace, in plain os calls: write, fsync, rename, fsync dir."""
+    temp = directory / ".raw.tmp"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, payload)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(temp, directory / "raw.bin")
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def small_replace(directory: Path, rounds: int, count: int) -> Row:
+    payload = os.urandom(4096)
+
+    def ours() -> float:
+        start = time.perf_counter()
+        for _ in range(count):
+            with atomic_open(directory / "ours.bin", "wb") as file:
+                file.write(payload)
+        return (time.perf_counter() - start) / count * 1e3
+
+    def baseline() -> float:
+        start = time.perf_counter()
+        for _ in range(count):
+            raw_replace(directory, payload)
+        return (time.perf_counter() - start) / count * 1e3
+
+    mine, theirs = alternate(rounds, ours, baseline)
+    return Row(f"4 KiB durable replace x{count}", mine, "raw 2-fsync protocol", theirs, "ms/op", False)
+
+
+def streamed(directory: Path, rounds: int, size: int) -> Row:
+    chunk = os.urandom(MiB)
+
+    def ours() -> float:
+        start = time.perf_counter()
+        with atomic_open(directory / "big.bin", "wb") as file:
+            for _ in range(size // MiB):
+                file.write(chunk)
+        return size / MiB / (time.perf_counter() - start)
+
+    def baseline() -> float:
+        start = time.perf_counter()
+        with open(directory / "raw-big.bin", "wb") as file:
+            for _ in range(size // MiB):
+                file.write(chunk)
+            file.flush()
+            os.fsync(file.fileno())
+        return size / MiB / (time.perf_counter() - start)
+
+    mine, theirs = alternate(rounds, ours, baseline)
+    return Row(f"{size // MiB} MiB streamed, durable", mine, "open+write+fsync", theirs, "MiB/s", True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and smaller sizes")
+    parser.add_argument("--dir", type=Path, default=None, help="where to write (default: a temp dir in .)")
+    args = parser.parse_args(argv)
+    rounds = 3 if args.quick else 7
+    with tempfile.TemporaryDirectory(dir=args.dir or Path.cwd(), prefix=".bench-") as name:
+        directory = Path(name)
+        rows = [
+            small_replace(directory, rounds, 50 if args.quick else 500),
+            streamed(directory, rounds, (64 if args.quick else 1024) * MiB),
+        ]
+    print(f"{'workload':34} {'ours (median, min..max)':32} {'baseline':38} ratio")
+    for row in rows:
+        ours = f"{statistics.median(row.ours):.3f} ({min(row.ours):.3f}..{max(row.ours):.3f}) {row.unit}"
+        base = f"{statistics.median(row.baseline):.3f} {row.unit} {row.baseline_name}"
+        print(f"{row.workload:34} {ours:32} {base:38} {row.ratio():.3f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

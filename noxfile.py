@@ -1,0 +1,57 @@
+"""Development sessions: `nox -l` lists them; `make test` runs tests, lint and typecheck."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["tests", "lint", "typecheck"]
+
+# None: the interpreter nox itself runs on, so `python3 -m nox` works wherever python3 does.
+PYTHON = None
+DOCS_REQUIREMENTS = ["mkdocs==1.6.1", "mkdocs-material>=9.5", "mkdocstrings>=0.26", "mkdocstrings-python>=1.12"]
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The whole test suite.  `nox -s tests -- -m "not slow"` skips the long multi-process tests."""
+    session.install("-e", ".[dev]")
+    session.run("pytest", *(session.posargs or ["-q"]))
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff: lint and formatting."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", "atomicwrite", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "format", "--check", "atomicwrite", "tests", "benchmarks", "noxfile.py")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict for every platform the library runs on."""
+    session.install("-e", ".", "mypy>=1.10")
+    for platform in ("linux", "win32", "darwin"):
+        session.run("mypy", "--strict", "--platform", platform, "atomicwrite")
+
+
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """The crash demo: writers SIGKILLed mid-save, plain open() against atomic_open."""
+    session.install("-e", ".")
+    session.run("atomicwrite", "demo", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmarks against the raw-syscall floor and peers, as ratios measured in one run."""
+    session.install("-e", ".")
+    session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """Build the documentation site with warnings as errors."""
+    session.install("-e", ".", *DOCS_REQUIREMENTS)
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site")
