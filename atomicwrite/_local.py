@@ -159,7 +159,11 @@ class LocalStrategy(Strategy):
         directory = self.absolute(location)
         now = time.time()
         removed: list[str] = []
-        for entry in sorted(os.listdir(directory)):
+        try:
+            entries = sorted(os.listdir(directory))
+        except OSError as exc:
+            raise os_error(exc, location, "listing the directory to sweep") from None
+        for entry in entries:
             parsed = parse_temp_name(entry)
             if parsed is None:
                 continue

@@ -24,6 +24,7 @@ import os
 import stat
 import sys
 import threading
+import time
 from collections.abc import Callable
 
 from ._errors import (
@@ -51,7 +52,10 @@ _O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _NO_TMPFILE = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT}
 # errnos by which a directory fsync says "not supported here" (CIFS, vboxsf, WSL DrvFs...).
 _NO_DIR_FSYNC = {errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EBADF, errno.EACCES}
-_RENAME_NOREPLACE = 1
+
+# A temp younger than this is never swept unless its writer is known to be dead: it covers the
+# instant between a writer creating its temp and locking it.
+FRESH_TEMP_GRACE = 10.0
 
 _umask_lock = threading.Lock()
 
@@ -86,23 +90,25 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-_renameat2: Callable[[int, bytes, int, bytes, int], int] | bool | None = False
+_rename_exclusive: Callable[[int, bytes, int, bytes, int], int] | bool | None = False
 
 
-def _load_renameat2() -> Callable[[int, bytes, int, bytes, int], int] | None:
-    """libc's ``renameat2`` (glibc 2.28+), or None where it is missing."""
-    global _renameat2
-    if _renameat2 is False:
+def _load_rename_exclusive() -> tuple[Callable[[int, bytes, int, bytes, int], int] | None, int]:
+    """libc's no-replace rename and its flag: Linux ``renameat2(RENAME_NOREPLACE)`` (glibc 2.28+),
+    macOS ``renameatx_np(RENAME_EXCL)``; ``(None, 0)`` where neither exists."""
+    global _rename_exclusive
+    symbol, flag = {"linux": ("renameat2", 1), "darwin": ("renameatx_np", 4)}.get(sys.platform, ("", 0))
+    if _rename_exclusive is False:
         function = None
-        if sys.platform == "linux":
+        if symbol:
             try:
-                function = ctypes.CDLL(None, use_errno=True).renameat2
+                function = getattr(ctypes.CDLL(None, use_errno=True), symbol)
                 function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
                 function.restype = ctypes.c_int
             except (OSError, AttributeError):
                 function = None
-        _renameat2 = function
-    return _renameat2 if callable(_renameat2) else None
+        _rename_exclusive = function
+    return (_rename_exclusive, flag) if callable(_rename_exclusive) else (None, 0)
 
 
 def _sync(fd: int) -> None:
@@ -268,9 +274,9 @@ class PosixPendingWrite(PendingWrite):
         require_version(self._location, self._options.if_match, current)
 
     def _rename_noreplace(self, dir_fd: int, temp: str, name: str) -> None:
-        renameat2 = _load_renameat2()
-        if renameat2 is not None:
-            if renameat2(dir_fd, os.fsencode(temp), dir_fd, os.fsencode(name), _RENAME_NOREPLACE) == 0:
+        rename_exclusive, flag = _load_rename_exclusive()
+        if rename_exclusive is not None:
+            if rename_exclusive(dir_fd, os.fsencode(temp), dir_fd, os.fsencode(name), flag) == 0:
                 return
             code = ctypes.get_errno()
             if code == errno.EEXIST:
@@ -346,8 +352,9 @@ class PosixStrategy(LocalStrategy):
             try:
                 self._set_owner_and_mode(fd, old, options)
                 # Held for the writer's lifetime, released by the kernel when it dies: this is
-                # how sweep() tells a live writer's temp from a dead one's.
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                # how sweep() tells a live writer's temp from a dead one's.  Blocking, because a
+                # sweep may hold it for an instant while it checks a brand-new temp.
+                fcntl.flock(fd, fcntl.LOCK_EX)
             except BaseException:
                 os.close(fd)
                 if temp is not None:
@@ -444,11 +451,10 @@ class PosixStrategy(LocalStrategy):
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return False  # a live writer holds it
-            if same_host and pid_alive(pid) and st.st_mtime >= cutoff:
-                # The writer's pid is alive: either it is between creating and locking the temp,
-                # or the pid was reused.  Leave it until it is old enough to be sure.
-                return False
-            if not same_host and st.st_mtime >= cutoff:
+            old_enough = st.st_mtime < cutoff and st.st_mtime < time.time() - FRESH_TEMP_GRACE
+            if (not same_host or pid_alive(pid)) and not old_enough:
+                # Unlocked, but the writer may live: on another host (whose locks may not reach
+                # us), or with a live pid here (reused, or between creating and locking its temp).
                 return False
             if not dry_run:
                 os.unlink(os.path.join(directory, entry))
