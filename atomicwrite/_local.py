@@ -137,7 +137,7 @@ class LocalStrategy(Strategy):
         except FileNotFoundError:
             return None
         except IsADirectoryError as exc:
-            raise os_error(exc, location, "reading the current content") from None
+            raise os_error(exc, location, "reading the current content") from exc
 
     def lock(self, location: str, options: WriteOptions) -> TargetLock:
         import portalocker
@@ -147,7 +147,7 @@ class LocalStrategy(Strategy):
         try:
             handle = open(os.path.join(directory, lock_name(name)), "a")  # noqa: SIM115 - held until release
         except OSError as exc:
-            raise os_error(exc, location, "opening the lock file") from None
+            raise os_error(exc, location, "opening the lock file") from exc
         try:
             portalocker.lock(handle, portalocker.LockFlags.EXCLUSIVE)
         except BaseException:
@@ -162,7 +162,7 @@ class LocalStrategy(Strategy):
         try:
             entries = sorted(os.listdir(directory))
         except OSError as exc:
-            raise os_error(exc, location, "listing the directory to sweep") from None
+            raise os_error(exc, location, "listing the directory to sweep") from exc
         for entry in entries:
             parsed = parse_temp_name(entry)
             if parsed is None:

@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ._errors import (
     AtomicWriteError,
@@ -38,6 +39,9 @@ from ._errors import (
 from ._local import LocalStrategy, require_version, temp_name
 from ._result import CommitResult, Durability, LocalVersion
 from ._strategy import PendingWrite, WriteOptions
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 # This module is for POSIX systems only; the assert tells type checkers so (mypy --platform win32).
 assert sys.platform != "win32"
@@ -124,6 +128,21 @@ def _sync(fd: int) -> None:
     os.fsync(fd)
 
 
+class _TempStream(io.FileIO):
+    """The temp file's raw stream: a failed write (ENOSPC, EFBIG, EDQUOT, EIO...) raises the error
+    hierarchy's OSError (NoSpaceError...) naming the target, like every other step."""
+
+    def __init__(self, fd: int, location: str) -> None:
+        super().__init__(fd, "wb", closefd=False)
+        self._location = location
+
+    def write(self, data: Buffer, /) -> int:
+        try:
+            return super().write(data)
+        except OSError as exc:
+            raise os_error(exc, self._location, "writing the temp file") from exc
+
+
 class PosixPendingWrite(PendingWrite):
     """A write in flight under the POSIX protocol."""
 
@@ -148,7 +167,7 @@ class PosixPendingWrite(PendingWrite):
         self._temp = temp
         self._options = options
         self._strategy_name = strategy_name
-        self._stream = io.FileIO(fd, "wb", closefd=False)
+        self._stream = _TempStream(fd, location)
         self._done = False
 
     @property
@@ -202,7 +221,7 @@ class PosixPendingWrite(PendingWrite):
         except BaseException as exc:
             self.discard()
             if isinstance(exc, OSError) and not isinstance(exc, AtomicWriteError):
-                raise os_error(exc, self._location, step) from None
+                raise os_error(exc, self._location, step) from exc
             raise
         self._done = True
         return self._after_publish(version)
@@ -229,7 +248,7 @@ class PosixPendingWrite(PendingWrite):
                     _sync(dir_fd)
                 except OSError as exc:
                     if exc.errno not in _NO_DIR_FSYNC:
-                        raise os_error(exc, self._location, "flushing the directory") from None
+                        raise os_error(exc, self._location, "flushing the directory") from exc
                     achieved = "file"
         finally:
             os.close(dir_fd)
@@ -337,7 +356,7 @@ class PosixStrategy(LocalStrategy):
             # EINVAL: not a symlink; ENOENT: nothing there (yet). Either way, path is the target.
             if exc.errno in (errno.EINVAL, errno.ENOENT):
                 return None
-            raise os_error(exc, path, "reading the symlink") from None
+            raise os_error(exc, path, "reading the symlink") from exc
 
     def begin(self, location: str, options: WriteOptions) -> PosixPendingWrite:
         target = self.resolve(location, options.follow_symlinks)
@@ -345,7 +364,7 @@ class PosixStrategy(LocalStrategy):
         try:
             dir_fd = os.open(parent, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
         except OSError as exc:
-            raise os_error(exc, location, "opening the target's directory") from None
+            raise os_error(exc, location, "opening the target's directory") from exc
         try:
             old = self._existing(dir_fd, name, location, options)
             fd, temp = self._create_temp(dir_fd, name, location)
@@ -363,7 +382,7 @@ class PosixStrategy(LocalStrategy):
         except BaseException as exc:
             os.close(dir_fd)
             if isinstance(exc, OSError) and not isinstance(exc, AtomicWriteError):
-                raise os_error(exc, location, "creating the temp file") from None
+                raise os_error(exc, location, "creating the temp file") from exc
             raise
         return PosixPendingWrite(
             location=location,
