@@ -307,14 +307,17 @@ def atomic_open(
             exist, raising :class:`TargetExistsError` (a ``FileExistsError``) otherwise.
         durability: ``"full"`` flushes the file and its directory, so the new content survives
             a power loss once the commit returns; ``"file"`` flushes the file only; ``"none"``
-            stays atomic against process crashes, but not power loss.
+            stays atomic against process crashes, but not power loss.  On Windows, "full" renames
+            with ``MOVEFILE_WRITE_THROUGH`` (or flushes the file after ``ReplaceFileW``).
         accept_weaker_durability: where the storage refuses part of the flush (a directory
             fsync on CIFS, say), report the weaker level in the result instead of raising
             :class:`DurabilityError`.
         preserve_permissions: give the new file the old one's mode (and owner, where allowed).
-            A new file gets ``0o666 & ~umask``, like ``open()``.
+            A new file gets ``0o666 & ~umask``, like ``open()``.  On Windows, the old file's
+            ACLs and attributes are kept through ``ReplaceFileW``.
         permissions: the new file's mode, whatever the old one had (e.g. ``0o600`` for secrets);
-            it is set before any byte is published.
+            it is set before any byte is published.  On Windows only the read-only attribute
+            (no ``0o200`` bit) applies.
         follow_symlinks: if the target is a symlink, replace the file it points to and keep the
             link (default); if False, replace the link itself with a regular file.
         encoding, errors, newline: as for ``open()``, in text modes.

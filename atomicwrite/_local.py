@@ -9,23 +9,38 @@ alive; ``random`` makes names unguessable and unique.
 from __future__ import annotations
 
 import errno
+import io
 import os
 import re
 import socket
 import time
 import zlib
 from abc import abstractmethod
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._errors import ConflictError, TargetIsADirectoryError, os_error
 from ._result import LocalVersion
 from ._strategy import Strategy, TargetLock, WriteOptions
 
-__all__ = ["LocalStrategy", "host_tag", "lock_name", "parse_temp_name", "temp_name"]
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+__all__ = [
+    "FRESH_TEMP_GRACE",
+    "LocalStrategy",
+    "TempFileStream",
+    "host_tag",
+    "lock_name",
+    "parse_temp_name",
+    "temp_name",
+]
 
 # The longest file name most file systems accept (ext4, XFS, APFS, NTFS: 255).
 NAME_MAX = 255
 _SUFFIX = ".tmp"
+# A temp younger than this is never swept while its writer may be alive: it covers the instant
+# between a writer creating its temp and locking (or opening) it.
+FRESH_TEMP_GRACE = 10.0
 _TEMP_NAME = re.compile(
     r"^\.(?P<name>.+)\.aw(?P<host>[0-9a-f]{8})\.(?P<pid>[0-9]{1,10})\.(?P<rand>[0-9a-f]{8})\.tmp$", re.DOTALL
 )
@@ -77,6 +92,21 @@ def require_version(location: str, expected: object, current: LocalVersion | Non
             expected=expected,
             actual=current,
         )
+
+
+class TempFileStream(io.FileIO):
+    """A temp file's raw stream: a failed write (ENOSPC, EFBIG, EDQUOT, EIO...) raises the error
+    hierarchy's OSError (NoSpaceError...) naming the target, like every other step."""
+
+    def __init__(self, fd: int, location: str) -> None:
+        super().__init__(fd, "wb", closefd=False)
+        self._location = location
+
+    def write(self, data: Buffer, /) -> int:
+        try:
+            return super().write(data)
+        except OSError as exc:
+            raise os_error(exc, self._location, "writing the temp file") from exc
 
 
 class _PortalockerLock(TargetLock):

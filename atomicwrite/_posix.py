@@ -36,12 +36,12 @@ from ._errors import (
     UnsupportedTargetError,
     os_error,
 )
-from ._local import LocalStrategy, require_version, temp_name
+from ._local import FRESH_TEMP_GRACE, LocalStrategy, TempFileStream, require_version, temp_name
 from ._result import CommitResult, Durability, LocalVersion
 from ._strategy import PendingWrite, WriteOptions
 
 if TYPE_CHECKING:
-    from typing_extensions import Buffer
+    pass
 
 # This module is for POSIX systems only; the assert tells type checkers so (mypy --platform win32).
 assert sys.platform != "win32"
@@ -57,9 +57,6 @@ _NO_TMPFILE = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT}
 # errnos by which a directory fsync says "not supported here" (CIFS, vboxsf, WSL DrvFs...).
 _NO_DIR_FSYNC = {errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EBADF, errno.EACCES}
 
-# A temp younger than this is never swept unless its writer is known to be dead: it covers the
-# instant between a writer creating its temp and locking it.
-FRESH_TEMP_GRACE = 10.0
 
 _umask_lock = threading.Lock()
 
@@ -128,21 +125,6 @@ def _sync(fd: int) -> None:
     os.fsync(fd)
 
 
-class _TempStream(io.FileIO):
-    """The temp file's raw stream: a failed write (ENOSPC, EFBIG, EDQUOT, EIO...) raises the error
-    hierarchy's OSError (NoSpaceError...) naming the target, like every other step."""
-
-    def __init__(self, fd: int, location: str) -> None:
-        super().__init__(fd, "wb", closefd=False)
-        self._location = location
-
-    def write(self, data: Buffer, /) -> int:
-        try:
-            return super().write(data)
-        except OSError as exc:
-            raise os_error(exc, self._location, "writing the temp file") from exc
-
-
 class PosixPendingWrite(PendingWrite):
     """A write in flight under the POSIX protocol."""
 
@@ -167,7 +149,7 @@ class PosixPendingWrite(PendingWrite):
         self._temp = temp
         self._options = options
         self._strategy_name = strategy_name
-        self._stream = _TempStream(fd, location)
+        self._stream = TempFileStream(fd, location)
         self._done = False
 
     @property

@@ -9,19 +9,17 @@ from pathlib import Path
 import pytest
 
 import atomicwrite._strategy as strategy_registry
+from tests._variant import make_local_strategy
 
-LOCAL_VARIANTS = ["named-temp"] + (["o_tmpfile"] if sys.platform == "linux" else [])
-
-
-def make_local_strategy(variant: str) -> strategy_registry.Strategy:
-    from atomicwrite._posix import PosixStrategy
-
-    return PosixStrategy(use_tmpfile=(variant == "o_tmpfile"))
+if sys.platform == "win32":
+    LOCAL_VARIANTS = ["windows"]
+else:
+    LOCAL_VARIANTS = ["named-temp"] + (["o_tmpfile"] if sys.platform == "linux" else [])
 
 
 @pytest.fixture(params=LOCAL_VARIANTS)
 def local_variant(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Route local paths through one POSIX variant: O_TMPFILE, or a named temp file.
+    """Route local paths through one strategy variant: O_TMPFILE, a named temp file, or Windows.
 
     Subprocesses pick the same variant up from ATOMICWRITE_TEST_VARIANT (see tests/_variant.py).
     """
