@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import functools
 import io
 import os
 from collections.abc import Callable, Mapping
@@ -107,6 +108,11 @@ class AtomicTextFile(io.TextIOWrapper):
     def __init__(self, binary: AtomicBinaryFile, encoding: str | None, errors: str | None, newline: str | None) -> None:
         super().__init__(binary, encoding=encoding, errors=errors, newline=newline)
         self._binary = binary
+        if not binary.seekable():
+            # TextIOWrapper writes a byte-order mark (utf-16, utf-32, utf-8-sig) only to streams
+            # it can see are at their start, i.e. seekable ones; an upload is not, yet it always
+            # starts a new object, so the mark is written here.
+            binary.write(_missing_byte_order_mark(self.encoding, errors))
 
     @property
     def result(self) -> CommitResult | None:
@@ -141,6 +147,31 @@ class AtomicTextFile(io.TextIOWrapper):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._binary!r}>"
+
+
+class _Sink(io.RawIOBase):
+    """A non-seekable stream that keeps what is written to it."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.data += data
+        return len(data)
+
+
+@functools.lru_cache(maxsize=32)
+def _missing_byte_order_mark(encoding: str, errors: str | None) -> bytes:
+    """The byte-order mark TextIOWrapper leaves out on a non-seekable stream (b"" for most)."""
+    sink = _Sink()
+    probe = io.TextIOWrapper(io.BufferedWriter(sink), encoding=encoding, errors=errors)
+    probe.write("a")
+    probe.flush()
+    expected = codecs.lookup(encoding).incrementalencoder(errors or "strict").encode("a")
+    return expected[: len(expected) - len(sink.data)]
 
 
 def _parse_mode(mode: str) -> tuple[bool, bool]:
@@ -444,7 +475,13 @@ def atomic_update(
         held.release()
 
 
-def sweep(location: Target, *, older_than: float | timedelta = timedelta(hours=1), dry_run: bool = False) -> list[str]:
+def sweep(
+    location: Target,
+    *,
+    older_than: float | timedelta = timedelta(hours=1),
+    dry_run: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+) -> list[str]:
     """Remove the temp files (or pending uploads) that dead writers left in ``location``.
 
     Only this library's own leftovers are touched, recognised by their name: never a user's
@@ -458,4 +495,4 @@ def sweep(location: Target, *, older_than: float | timedelta = timedelta(hours=1
     if seconds < 0:
         raise UsageError(f"older_than must not be negative, not {older_than!r}")
     strategy, path = resolve_target(location)
-    return strategy.sweep(path, seconds, dry_run)
+    return strategy.sweep(path, seconds, dry_run, WriteOptions(storage_options=dict(storage_options or {})))

@@ -185,7 +185,7 @@ class LocalStrategy(Strategy):
             raise
         return _PortalockerLock(handle)
 
-    def sweep(self, location: str, older_than: float, dry_run: bool) -> list[str]:
+    def sweep(self, location: str, older_than: float, dry_run: bool, options: WriteOptions) -> list[str]:
         directory = self.absolute(location)
         now = time.time()
         removed: list[str] = []

@@ -51,6 +51,8 @@ class CommitResult:
             when ``accept_weaker_durability=True``.
         bytes_written: the size of the new content.
         version: a token for a later conditional write (``if_match=``).
+        checksum: ``"sha256:<hex>"`` of the content, where the strategy computes one on the way
+            (object stores do; local writes do not, to stay at disk speed).
     """
 
     target: str
@@ -58,3 +60,4 @@ class CommitResult:
     durability: Durability
     bytes_written: int
     version: object
+    checksum: str | None = None

@@ -88,7 +88,7 @@ class Strategy(ABC):
         """Block until this process holds the exclusive lock of ``location``."""
 
     @abstractmethod
-    def sweep(self, location: str, older_than: float, dry_run: bool) -> list[str]:
+    def sweep(self, location: str, older_than: float, dry_run: bool, options: WriteOptions) -> list[str]:
         """Remove what dead writers left under ``location``; return what was (or would be) removed."""
 
 
@@ -111,6 +111,8 @@ def register_strategy(protocols: str | tuple[str, ...], implementation: str, *, 
 
 
 register_strategy(("", "file", "local"), _LOCAL_STRATEGY)
+register_strategy(("s3", "s3a"), "atomicwrite._s3:S3Strategy")
+register_strategy("memory", "atomicwrite._memory:MemoryStrategy")
 
 
 def split_protocol(target: str) -> tuple[str, str]:

@@ -1,0 +1,368 @@
+"""What every object-store strategy shares: parts uploaded while the caller writes, one commit.
+
+Object stores have no rename, but each has a call that makes a whole object appear at once:
+S3's ``PutObject`` and ``CompleteMultipartUpload``, the final chunk of a GCS resumable session,
+Azure's ``Put Block List``.  Nothing is visible under the target before that call, so the
+protocol is: stream the bytes out as parts (in parallel where the store allows) while the
+caller keeps writing, then make the one publishing call at commit, with the store's own
+precondition for exclusive creation or compare-and-swap.  Small writes skip the parts and use
+one conditional PUT.  A failure, or a discard, aborts the upload: the old object stays.
+
+Peak memory is bounded by ``part_size * (parallel_parts + 1)``, whatever the object's size.
+
+A write that uses parts leaves a *marker* object beside the target, named like a local temp
+file (``.{name}.aw{host}.{pid}.{random}.tmp``) and holding the upload's id, until it commits or
+aborts.  A writer killed mid-upload leaves its marker, and :func:`atomicwrite.sweep` aborts
+exactly the uploads its markers name: never an upload this library did not start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import io
+import json
+import os
+import sys
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from ._errors import AtomicWriteError, ConflictError, TargetExistsError, UnsupportedTargetError, UsageError, os_error
+from ._local import FRESH_TEMP_GRACE, host_tag, parse_temp_name, temp_name
+from ._result import CommitResult, Durability
+from ._strategy import PendingWrite, Strategy, TargetLock, WriteOptions
+
+__all__ = ["ObjectStoreBackend", "ObjectStorePendingWrite", "ObjectStoreStrategy", "PreconditionFailed"]
+
+MiB = 1 << 20
+
+
+class PreconditionFailed(Exception):
+    """Raised by a backend when the store refused a conditional request (HTTP 412)."""
+
+
+class ObjectStoreBackend(ABC):
+    """One store's primitives for one write to one object.
+
+    The pending write calls, in order: either :meth:`put` once; or :meth:`start`, then
+    :meth:`upload_part` for each part (from worker threads, up to ``parallel_parts`` at once,
+    or strictly in order when it is 1), then :meth:`complete` with the tail that is left; and
+    :meth:`abort` on any failure after :meth:`start`.
+    """
+
+    #: Each part but the last has exactly this many bytes.
+    part_size: int = 8 * MiB
+    #: Parts in flight at once (1 for stores that need them in order, like GCS).
+    parallel_parts: int = 4
+    #: What a committed write survives: the real stores acknowledge only durable writes.
+    durability: Durability = "full"
+
+    @abstractmethod
+    def put(self, data: bytes, *, exclusive: bool, if_match: object | None) -> object:
+        """Create or replace the object in one request; return its version token."""
+
+    @abstractmethod
+    def start(self, *, exclusive: bool, if_match: object | None) -> str:
+        """Begin a multi-part upload; return its id (recorded in the marker for sweeping)."""
+
+    @abstractmethod
+    def upload_part(self, number: int, data: bytes) -> None:
+        """Upload part ``number`` (1-based); nothing becomes visible."""
+
+    @abstractmethod
+    def complete(self, tail: bytes, *, exclusive: bool, if_match: object | None) -> object:
+        """Upload the ``tail`` (possibly empty) and publish the object; return its version."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Drop the upload and every part of it.  Must be safe to call after a failed start."""
+
+
+class _PartStream(io.RawIOBase):
+    """Cuts the written bytes into parts and hands full ones to the pending write."""
+
+    def __init__(self, owner: ObjectStorePendingWrite) -> None:
+        self._owner = owner
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        return self._owner.accept(data)
+
+
+class ObjectStorePendingWrite(PendingWrite):
+    """A write in flight to an object store."""
+
+    def __init__(
+        self,
+        *,
+        location: str,
+        backend: ObjectStoreBackend,
+        options: WriteOptions,
+        strategy: ObjectStoreStrategy,
+        marker: str,
+    ) -> None:
+        self._location = location
+        self._backend = backend
+        self._options = options
+        self._strategy = strategy
+        self._marker = marker
+        self._marker_written = False
+        self._stream = _PartStream(self)
+        self._buffer = bytearray()
+        self._digest = hashlib.sha256()
+        self._size = 0
+        self._parts_sent = 0
+        self._started = False
+        self._inflight: deque[Future[None]] = deque()
+        self._pool: ThreadPoolExecutor | None = None
+        self._done = False
+        self._lock = threading.Lock()
+
+    @property
+    def stream(self) -> io.RawIOBase:
+        return self._stream
+
+    # --- writing ------------------------------------------------------------------------
+
+    def accept(self, data: Any) -> int:
+        """Take bytes from the caller; ship every full part."""
+        if self._done:
+            raise ValueError("write to a committed or discarded file")
+        view = memoryview(data).cast("B")
+        self._digest.update(view)
+        self._size += len(view)
+        part_size = self._backend.part_size
+        offset = 0
+        while offset < len(view):
+            room = part_size - len(self._buffer)
+            self._buffer += view[offset : offset + room]
+            offset += room
+            if len(self._buffer) >= part_size:
+                try:
+                    self._ship(bytes(self._buffer))
+                except BaseException:
+                    self.discard()
+                    raise
+                self._buffer.clear()
+        return len(view)
+
+    def _ship(self, part: bytes) -> None:
+        if not self._started:
+            self._start()
+        self._parts_sent += 1
+        assert self._pool is not None
+        # Wait for the oldest part first, so at most parallel_parts are in flight (and in RAM).
+        while len(self._inflight) >= self._backend.parallel_parts:
+            self._inflight.popleft().result()
+        self._inflight.append(self._pool.submit(self._backend.upload_part, self._parts_sent, part))
+
+    def _start(self) -> None:
+        options = self._options
+        upload_id = self._backend.start(exclusive=options.exclusive, if_match=options.if_match)
+        self._started = True
+        self._strategy.write_marker(self._marker, self._location, upload_id, options)
+        self._marker_written = True
+        self._pool = ThreadPoolExecutor(self._backend.parallel_parts, thread_name_prefix="atomicwrite-part")
+
+    # --- commit and discard -------------------------------------------------------------
+
+    def commit(self) -> CommitResult:
+        if self._done:
+            raise AtomicWriteError(f"write to {self._location!r} was already committed or discarded")
+        options = self._options
+        try:
+            if not self._started:
+                version = self._backend.put(bytes(self._buffer), exclusive=options.exclusive, if_match=options.if_match)
+            else:
+                while self._inflight:
+                    self._inflight.popleft().result()
+                version = self._backend.complete(
+                    bytes(self._buffer), exclusive=options.exclusive, if_match=options.if_match
+                )
+        except BaseException as exc:
+            self.discard()
+            raise self._translate(exc) from exc
+        self._done = True
+        self._cleanup()
+        return CommitResult(
+            target=self._location,
+            strategy=self._strategy.name,
+            # What the store gives, whatever was asked: never less than asked for the real stores,
+            # and "none" for memory://, which does not outlive its process by design.
+            durability=self._backend.durability,
+            bytes_written=self._size,
+            version=version,
+            checksum="sha256:" + self._digest.hexdigest(),
+        )
+
+    def _translate(self, exc: BaseException) -> BaseException:
+        if isinstance(exc, PreconditionFailed):
+            if self._options.exclusive:
+                return TargetExistsError(
+                    errno.EEXIST, f"cannot create {self._location!r}: it already exists", self._location
+                )
+            return ConflictError(
+                f"{self._location!r} is no longer at version {self._options.if_match!r}; it was left as it is",
+                expected=self._options.if_match,
+                actual=None,
+            )
+        if isinstance(exc, OSError) and not isinstance(exc, AtomicWriteError):
+            return os_error(exc, self._location, "uploading")
+        return exc
+
+    def discard(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        for future in self._inflight:
+            future.cancel()
+        try:
+            for future in self._inflight:
+                if not future.cancelled():
+                    with contextlib.suppress(BaseException):  # the upload is being aborted anyway
+                        future.result()
+            self._inflight.clear()
+            if self._started:
+                self._backend.abort()
+        finally:
+            self._cleanup()
+
+    def _cleanup(self) -> None:
+        self._buffer = bytearray()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+        if self._marker_written:
+            self._marker_written = False
+            self._strategy.remove_marker(self._marker, self._options)
+
+
+class ObjectStoreStrategy(Strategy):
+    """Base of the object-store strategies: markers, sweeping, reading, and refusing locks."""
+
+    #: The URL scheme the strategy's file system is registered under in fsspec.
+    protocol: str = ""
+    #: storage_options keys that tune the upload rather than configure the file system.
+    UPLOAD_OPTIONS = ("part_size", "parallel_parts")
+
+    def filesystem(self, options: WriteOptions) -> Any:
+        """The fsspec file system for ``options.storage_options`` (fsspec caches instances)."""
+        import fsspec
+
+        storage = {k: v for k, v in options.storage_options.items() if k not in self.UPLOAD_OPTIONS}
+        return fsspec.filesystem(self.protocol, **storage)
+
+    def url(self, path: str) -> str:
+        return f"{self.protocol}://{path}"
+
+    @abstractmethod
+    def backend(self, location: str, options: WriteOptions) -> ObjectStoreBackend:
+        """A backend for one write to ``location``."""
+
+    @abstractmethod
+    def abort_upload(self, record: dict[str, Any], options: WriteOptions) -> None:
+        """Abort the upload a marker names (no error if it is already gone)."""
+
+    def begin(self, location: str, options: WriteOptions) -> ObjectStorePendingWrite:
+        backend = self.backend(location, options)
+        directory, _, name = location.rpartition("/")
+        if not name or not directory:
+            raise UsageError(f"{location!r} names a bucket or a directory, not an object")
+        marker = f"{directory}/{temp_name(name)}"
+        return ObjectStorePendingWrite(
+            location=location, backend=backend, options=options, strategy=self, marker=marker
+        )
+
+    def read(self, location: str, options: WriteOptions) -> bytes | None:
+        try:
+            data: bytes = self.filesystem(options).cat_file(location)
+        except FileNotFoundError:
+            return None
+        return data
+
+    def lock(self, location: str, options: WriteOptions) -> TargetLock:
+        raise UnsupportedTargetError(
+            f"{location!r}: object stores have no locks; use if_match= (compare-and-swap) to detect"
+            " concurrent writers instead"
+        )
+
+    # --- markers ------------------------------------------------------------------------
+
+    def write_marker(self, marker: str, location: str, upload_id: str, options: WriteOptions) -> None:
+        """Store the marker that lets sweep() abort this upload if the writer dies."""
+        self.filesystem(options).pipe_file(marker, marker_record(location, upload_id))
+
+    def remove_marker(self, marker: str, options: WriteOptions) -> None:
+        """Delete a marker once its upload completed or was aborted."""
+        with contextlib.suppress(FileNotFoundError):
+            self.filesystem(options).rm_file(marker)
+
+    def sweep(self, location: str, older_than: float, dry_run: bool, options: WriteOptions) -> list[str]:
+        fs = self.filesystem(options)
+        try:
+            entries: dict[str, dict[str, Any]] = fs.find(location, detail=True)
+        except FileNotFoundError:
+            return []
+        now = time.time()
+        removed: list[str] = []
+        for path, info in sorted(entries.items()):
+            parsed = parse_temp_name(path.rpartition("/")[2])
+            if parsed is None:
+                continue
+            host, pid = parsed
+            if host == host_tag():
+                # A writer on this host is alive exactly while its pid is (a reused pid only
+                # delays the sweep).
+                if _pid_alive(pid):
+                    continue
+            elif not now - _modified(info) >= max(older_than, FRESH_TEMP_GRACE):
+                # Another host's writer: its liveness is unknown, so only age can tell.
+                continue
+            try:
+                record: dict[str, Any] = json.loads(fs.cat_file(path))
+            except (FileNotFoundError, ValueError):
+                continue
+            if not dry_run:
+                self.abort_upload(record, options)
+                self.remove_marker(path, options)
+            removed.append(self.url(path))
+        return removed
+
+
+def _modified(info: dict[str, Any]) -> float:
+    """An fsspec listing entry's modification time as a timestamp (0 if unknown)."""
+    for key in ("LastModified", "updated", "mtime", "last_modified", "created"):
+        value: Any = info.get(key)
+        if isinstance(value, (int, float)):
+            return float(value)
+        if hasattr(value, "timestamp"):
+            return float(value.timestamp())
+        if isinstance(value, str):
+            from datetime import datetime
+
+            with contextlib.suppress(ValueError):
+                return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    return 0.0
+
+
+def marker_record(location: str, upload_id: str) -> bytes:
+    """The content of a marker object."""
+    return json.dumps(
+        {"target": location, "upload_id": upload_id, "host": host_tag(), "pid": os.getpid(), "started": time.time()}
+    ).encode()
+
+
+def _pid_alive(pid: int) -> bool:
+    if sys.platform == "win32":
+        return True  # unknown here: leave it to the age limit
+    else:  # the else keeps the POSIX import out of mypy --platform win32
+        from ._posix import pid_alive
+
+        return pid_alive(pid)

@@ -1,0 +1,144 @@
+"""The S3 strategy (s3fs): one conditional PUT, or a multipart upload completed at commit.
+
+``PutObject`` and ``CompleteMultipartUpload`` each make the whole object appear at once, and S3
+is strongly consistent, so a reader sees the old object until the commit and the new one after.
+Exclusive creation sends ``If-None-Match: *`` and compare-and-swap ``If-Match: <etag>`` on the
+publishing request itself: an exists-check before writing would not be exclusive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from ._errors import UnsupportedTargetError
+from ._objectstore import MiB, ObjectStoreBackend, ObjectStoreStrategy, PreconditionFailed
+from ._strategy import WriteOptions
+
+__all__ = ["S3Backend", "S3Strategy"]
+
+# S3 accepts parts of 5 MiB to 5 GiB (the last may be smaller) and at most 10,000 of them.
+MIN_PART = 5 * MiB
+MAX_PARTS = 10_000
+
+
+def _precondition_failed(exc: BaseException) -> bool:
+    """Whether an s3fs error is S3 refusing a conditional request (412, or 409 on a race)."""
+    if isinstance(exc, FileExistsError):
+        return True  # s3fs's translation of a failed If-None-Match
+    cause = exc.__cause__
+    response = getattr(cause, "response", None) or getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return False
+    code = str(response.get("Error", {}).get("Code", ""))
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code in ("PreconditionFailed", "412", "ConditionalRequestConflict") or status == 412
+
+
+class S3Backend(ObjectStoreBackend):
+    """S3 calls for one object, through s3fs's botocore client."""
+
+    def __init__(self, fs: Any, bucket: str, key: str, *, part_size: int, parallel_parts: int) -> None:
+        self._fs = fs
+        self._bucket = bucket
+        self._key = key
+        self.part_size = max(part_size, MIN_PART)
+        self.parallel_parts = max(1, parallel_parts)
+        self._upload_id: str | None = None
+        self._parts: dict[int, dict[str, Any]] = {}
+
+    def _call(self, method: str, **kwargs: Any) -> Any:
+        try:
+            return self._fs.call_s3(method, Bucket=self._bucket, Key=self._key, **kwargs)
+        except Exception as exc:
+            if _precondition_failed(exc):
+                raise PreconditionFailed(str(exc)) from exc
+            raise
+
+    @staticmethod
+    def _conditions(exclusive: bool, if_match: object | None) -> dict[str, str]:
+        if exclusive:
+            return {"IfNoneMatch": "*"}
+        if if_match is not None:
+            return {"IfMatch": str(if_match)}
+        return {}
+
+    def put(self, data: bytes, *, exclusive: bool, if_match: object | None) -> object:
+        response = self._call(
+            "put_object", Body=data, ChecksumAlgorithm="SHA256", **self._conditions(exclusive, if_match)
+        )
+        return response["ETag"]
+
+    def start(self, *, exclusive: bool, if_match: object | None) -> str:
+        response = self._call("create_multipart_upload", ChecksumAlgorithm="SHA256")
+        self._upload_id = str(response["UploadId"])
+        return self._upload_id
+
+    def upload_part(self, number: int, data: bytes) -> None:
+        if number > MAX_PARTS:
+            raise UnsupportedTargetError(
+                f"s3://{self._bucket}/{self._key}: more than {MAX_PARTS} parts; raise part_size"
+            )
+        # ChecksumAlgorithm: S3 checks each part's SHA-256 on arrival, so a corrupted part fails
+        # its upload instead of becoming part of the object.
+        response = self._call(
+            "upload_part", UploadId=self._upload_id, PartNumber=number, Body=data, ChecksumAlgorithm="SHA256"
+        )
+        self._parts[number] = {
+            "PartNumber": number,
+            "ETag": response["ETag"],
+            "ChecksumSHA256": response.get("ChecksumSHA256"),
+        }
+
+    def complete(self, tail: bytes, *, exclusive: bool, if_match: object | None) -> object:
+        if tail or not self._parts:
+            self.upload_part(len(self._parts) + 1, tail)
+        parts = [{k: v for k, v in self._parts[n].items() if v is not None} for n in sorted(self._parts)]
+        if if_match is not None:
+            # S3 checks If-Match on the completion itself; this earlier look only turns a lost
+            # race into a clear error sooner, and covers servers that ignore the header there.
+            head = self._call("head_object")
+            if head.get("ETag") != if_match:
+                raise PreconditionFailed(f"s3://{self._bucket}/{self._key} is at {head.get('ETag')}")
+        response = self._call(
+            "complete_multipart_upload",
+            UploadId=self._upload_id,
+            MultipartUpload={"Parts": parts},
+            **self._conditions(exclusive, if_match),
+        )
+        return response["ETag"]
+
+    def abort(self) -> None:
+        if self._upload_id is not None:
+            abort_upload(self._fs, self._bucket, self._key, self._upload_id)
+
+
+def abort_upload(fs: Any, bucket: str, key: str, upload_id: str) -> None:
+    """Abort one multipart upload; an upload that is already gone is not an error."""
+    with contextlib.suppress(FileNotFoundError):
+        fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
+
+
+class S3Strategy(ObjectStoreStrategy):
+    """``s3://`` (and ``s3a://``) objects."""
+
+    name = "s3"
+    protocol = "s3"
+
+    def backend(self, location: str, options: WriteOptions) -> S3Backend:
+        fs = self.filesystem(options)
+        bucket, key, _ = fs.split_path(location)
+        if not key:
+            raise UnsupportedTargetError(f"{location!r} names a bucket, not an object")
+        return S3Backend(
+            fs,
+            bucket,
+            key,
+            part_size=int(options.storage_options.get("part_size", 8 * MiB)),
+            parallel_parts=int(options.storage_options.get("parallel_parts", 4)),
+        )
+
+    def abort_upload(self, record: dict[str, Any], options: WriteOptions) -> None:
+        fs = self.filesystem(options)
+        bucket, key, _ = fs.split_path(str(record["target"]))
+        abort_upload(fs, bucket, key, str(record["upload_id"]))

@@ -1,0 +1,131 @@
+"""S3 through s3fs, against moto's S3 server on loopback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from atomicwrite import atomic_open
+from tests._stores import moto_endpoint, s3_options
+from tests.objectstore_contract import MiB, ObjectStoreContract, StoreHandle, unique_prefix
+
+__all__ = ["moto_endpoint"]
+
+BUCKET = "atomicwrite-tests"
+
+
+@pytest.fixture(scope="module")
+def s3(moto_endpoint: str) -> Any:
+    import fsspec
+
+    options = s3_options(moto_endpoint)
+    fs = fsspec.filesystem("s3", **options)
+    if not fs.exists(BUCKET):
+        fs.call_s3("create_bucket", Bucket=BUCKET)
+    return fs
+
+
+@pytest.fixture
+def store(s3: Any, moto_endpoint: str) -> StoreHandle:
+    prefix = unique_prefix(f"s3://{BUCKET}")
+    key_prefix = prefix.removeprefix(f"s3://{BUCKET}/")
+
+    def pending() -> list[str]:
+        uploads = s3.call_s3("list_multipart_uploads", Bucket=BUCKET, Prefix=key_prefix).get("Uploads", [])
+        return sorted(upload["UploadId"] for upload in uploads)
+
+    options = {**s3_options(moto_endpoint), "part_size": 5 * MiB, "parallel_parts": 3}
+    return StoreHandle(
+        strategy="s3",
+        prefix=prefix,
+        options=options,
+        fs=s3,
+        multipart_size=12 * MiB,
+        pending_uploads=pending,
+        extra={"secret": options["secret"]},
+        racy_multipart_precondition=(
+            "moto's server checks If-None-Match on CompleteMultipartUpload without atomicity, so"
+            " racing completions can all pass there (S3 itself decides them atomically); what we"
+            " send is checked by test_multipart_exclusive_sends_precondition"
+        ),
+    )
+
+
+class TestS3(ObjectStoreContract):
+    def test_parts_are_uploaded_while_writing(self, store: StoreHandle) -> None:
+        """Full parts leave as soon as they are full: the pending upload has them before commit."""
+        file = atomic_open(store.url("stream.bin"), "wb", storage_options=store.options)
+        for _ in range(11):
+            file.write(b"p" * MiB)
+        file.flush()
+        (upload_id,) = store.pending_uploads()
+        key = store.url("stream.bin").removeprefix(f"s3://{BUCKET}/")
+        # Two 5 MiB parts are full; give the three upload threads a moment to finish them.
+        for _ in range(100):
+            parts = store.fs.call_s3("list_parts", Bucket=BUCKET, Key=key, UploadId=upload_id).get("Parts", [])
+            if len(parts) == 2:
+                break
+            import time
+
+            time.sleep(0.05)
+        assert [part["Size"] for part in parts] == [5 * MiB, 5 * MiB]
+        file.commit()
+        assert store.read("stream.bin") == b"p" * 11 * MiB
+
+    def test_multipart_exclusive_sends_precondition(self, store: StoreHandle) -> None:
+        """Exclusive multi-part writes publish with If-None-Match: * on the completion itself."""
+        seen: list[tuple[str, str | None]] = []
+
+        def record(request: Any, **_: Any) -> None:
+            operation = request.context.get("operation_name") or request.url
+            value = request.headers.get("If-None-Match")
+            seen.append((str(operation), value.decode() if isinstance(value, bytes) else value))
+
+        events = store.fs.s3.meta.events
+        events.register("before-send.s3.CompleteMultipartUpload", record)
+        events.register("before-send.s3.PutObject", record)
+        try:
+            with atomic_open(store.url("excl.bin"), "xb", storage_options=store.options) as file:
+                file.write(b"m" * store.multipart_size)
+            with atomic_open(store.url("excl-small.bin"), "xb", storage_options=store.options) as file:
+                file.write(b"s")
+        finally:
+            events.unregister("before-send.s3.CompleteMultipartUpload", record)
+            events.unregister("before-send.s3.PutObject", record)
+        conditions = [header for _, header in seen]
+        # The marker PUT carries no condition; the two publishing requests carry it.
+        assert conditions.count("*") == 2, seen
+        assert store.read("excl.bin") == b"m" * store.multipart_size
+
+    @pytest.mark.slow
+    def test_memory_stays_bounded(self, store: StoreHandle) -> None:
+        """256 MiB streamed to S3 costs about part_size x (parallel parts + 1), not the object."""
+        code = (
+            "import json, os, resource, sys\n"
+            "from atomicwrite import atomic_open\n"
+            "options = json.loads(sys.argv[2])\n"
+            "chunk = os.urandom(1 << 20)\n"
+            "import atomicwrite._s3, fsspec, s3fs\n"
+            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "with atomic_open(sys.argv[1], 'wb', storage_options=options) as f:\n"
+            "    for _ in range(256): f.write(chunk)\n"
+            "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "print(json.dumps({'extra_kib': peak - base, 'size': f.result.bytes_written}))\n"
+        )
+        options = {**store.options, "part_size": 8 * MiB, "parallel_parts": 4}
+        out = subprocess.run(
+            [sys.executable, "-c", code, store.url("huge.bin"), json.dumps(options)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=True,
+        )
+        report = json.loads(out.stdout.strip().splitlines()[-1])
+        assert report["size"] == 256 * MiB
+        # 8 MiB parts x (4 in flight + 1 filling + 1 being copied) + 32 MiB for clients and threads.
+        assert report["extra_kib"] * 1024 < 8 * MiB * 6 + 32 * MiB, report
+        assert store.fs.info(store.url("huge.bin"))["size"] == 256 * MiB
