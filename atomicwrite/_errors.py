@@ -118,12 +118,12 @@ _BY_ERRNO: dict[int, type[AtomicOSError]] = {
 }
 
 
-def os_error(exc: OSError, target: str, action: str) -> AtomicOSError:
+def os_error(exc: OSError, target: str, action: str, *, verb: str = "write") -> AtomicOSError:
     """Translate ``exc`` into the matching :class:`AtomicOSError`, naming the target and the step.
 
     Raise it ``from exc``, so the original error stays attached as the cause.
     """
     cls = _BY_ERRNO.get(exc.errno or 0, AtomicOSError)
     cause = exc.strerror or str(exc)
-    message = f"cannot write {target!r}: {action} failed: {cause}"
+    message = f"cannot {verb} {target!r}: {action} failed: {cause}"
     return cls(exc.errno or 0, message, exc.filename if exc.filename is not None else target)

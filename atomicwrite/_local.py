@@ -192,7 +192,7 @@ class LocalStrategy(Strategy):
         try:
             entries = sorted(os.listdir(directory))
         except OSError as exc:
-            raise os_error(exc, location, "listing the directory to sweep") from exc
+            raise os_error(exc, location, "listing the directory", verb="sweep") from exc
         for entry in entries:
             parsed = parse_temp_name(entry)
             if parsed is None:
