@@ -39,7 +39,7 @@ def typecheck(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def demo(session: nox.Session) -> None:
     """The crash demo: writers SIGKILLed mid-save, plain open() against atomic_open."""
-    session.install("-e", ".")
+    session.install("-e", ".[demo]")
     session.run("atomicwrite", "demo", *session.posargs)
 
 

@@ -27,7 +27,7 @@ from ._errors import (
 )
 from ._result import CommitResult, Durability, LocalVersion
 from ._serializers import Serializer, register_serializer
-from ._strategy import register_strategy
+from ._strategy import ProgressCallback, register_strategy
 
 __version__ = "0.1.0"
 
@@ -44,6 +44,7 @@ __all__ = [
     "DurabilityError",
     "LocalVersion",
     "NoSpaceError",
+    "ProgressCallback",
     "Serializer",
     "SerializerNotFoundError",
     "TargetExistsError",

@@ -14,7 +14,7 @@ from typing import IO, Any, Literal, overload
 from ._errors import AtomicWriteError, DurabilityError, UsageError
 from ._result import CommitResult, Durability
 from ._serializers import Serializer, get_serializer
-from ._strategy import PendingWrite, Strategy, TargetLock, WriteOptions, resolve_target
+from ._strategy import PendingWrite, ProgressCallback, Strategy, TargetLock, WriteOptions, resolve_target
 
 __all__ = ["AtomicBinaryFile", "AtomicTextFile", "atomic_open", "atomic_save", "atomic_update", "sweep"]
 
@@ -200,6 +200,7 @@ def _options(
     follow_symlinks: bool,
     if_match: object | None,
     storage_options: Mapping[str, Any] | None,
+    progress: ProgressCallback | None = None,
 ) -> WriteOptions:
     if durability not in _DURABILITY:
         raise UsageError(f"durability must be one of {', '.join(map(repr, _DURABILITY))}, not {durability!r}")
@@ -217,6 +218,7 @@ def _options(
         follow_symlinks=follow_symlinks,
         if_match=if_match,
         storage_options=dict(storage_options or {}),
+        progress=progress,
     )
 
 
@@ -267,6 +269,7 @@ def atomic_open(
     if_match: object | None = ...,
     lock: bool = ...,
     storage_options: Mapping[str, Any] | None = ...,
+    progress: ProgressCallback | None = ...,
 ) -> AtomicBinaryFile: ...
 
 
@@ -286,6 +289,7 @@ def atomic_open(
     if_match: object | None = ...,
     lock: bool = ...,
     storage_options: Mapping[str, Any] | None = ...,
+    progress: ProgressCallback | None = ...,
 ) -> AtomicTextFile: ...
 
 
@@ -305,6 +309,7 @@ def atomic_open(
     if_match: object | None = ...,
     lock: bool = ...,
     storage_options: Mapping[str, Any] | None = ...,
+    progress: ProgressCallback | None = ...,
 ) -> AtomicBinaryFile | AtomicTextFile: ...
 
 
@@ -323,6 +328,7 @@ def atomic_open(
     if_match: object | None = None,
     lock: bool = False,
     storage_options: Mapping[str, Any] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> AtomicBinaryFile | AtomicTextFile:
     """Open ``target`` for an all-or-nothing write.
 
@@ -357,7 +363,12 @@ def atomic_open(
             writers that also pass ``lock=True``.
         lock: hold an exclusive lock on the target (a lock file beside it) from open to commit,
             so cooperating writers take turns.
-        storage_options: passed to the storage backend (fsspec file systems).
+        storage_options: passed to the fsspec file system of an object store (credentials,
+            ``endpoint_url``...), except two that tune uploads: ``part_size`` (bytes per part,
+            default 8 MiB) and ``parallel_parts`` (parts in flight at once, default 4).  Peak
+            memory is about ``part_size * (parallel_parts + 1)`` whatever the object's size.
+        progress: told how many bytes reached the storage as they do (an fsspec ``Callback``,
+            e.g. ``TqdmCallback`` for a progress bar).
 
     Returns:
         :class:`AtomicBinaryFile` or :class:`AtomicTextFile`: a writable file that is also a
@@ -374,6 +385,7 @@ def atomic_open(
         follow_symlinks=follow_symlinks,
         if_match=if_match,
         storage_options=storage_options,
+        progress=progress,
     )
     strategy, location = resolve_target(target)
     return _open(

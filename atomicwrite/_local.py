@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._errors import ConflictError, TargetIsADirectoryError, os_error
 from ._result import LocalVersion
-from ._strategy import Strategy, TargetLock, WriteOptions
+from ._strategy import ProgressCallback, Strategy, TargetLock, WriteOptions
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -98,15 +98,19 @@ class TempFileStream(io.FileIO):
     """A temp file's raw stream: a failed write (ENOSPC, EFBIG, EDQUOT, EIO...) raises the error
     hierarchy's OSError (NoSpaceError...) naming the target, like every other step."""
 
-    def __init__(self, fd: int, location: str) -> None:
+    def __init__(self, fd: int, location: str, progress: ProgressCallback | None = None) -> None:
         super().__init__(fd, "wb", closefd=False)
         self._location = location
+        self._progress = progress
 
     def write(self, data: Buffer, /) -> int:
         try:
-            return super().write(data)
+            written = super().write(data)
         except OSError as exc:
             raise os_error(exc, self._location, "writing the temp file") from exc
+        if self._progress is not None and written:
+            self._progress.relative_update(written)
+        return written
 
 
 class _PortalockerLock(TargetLock):

@@ -161,7 +161,12 @@ class ObjectStorePendingWrite(PendingWrite):
         # Wait for the oldest part first, so at most parallel_parts are in flight (and in RAM).
         while len(self._inflight) >= self._backend.parallel_parts:
             self._inflight.popleft().result()
-        self._inflight.append(self._pool.submit(self._backend.upload_part, self._parts_sent, part))
+        self._inflight.append(self._pool.submit(self._upload_part, self._parts_sent, part))
+
+    def _upload_part(self, number: int, part: bytes) -> None:
+        self._backend.upload_part(number, part)
+        if self._options.progress is not None:
+            self._options.progress.relative_update(len(part))
 
     def _start(self) -> None:
         options = self._options
@@ -189,6 +194,8 @@ class ObjectStorePendingWrite(PendingWrite):
         except BaseException as exc:
             self.discard()
             raise self._translate(exc) from exc
+        if options.progress is not None and self._buffer:
+            options.progress.relative_update(len(self._buffer))
         self._done = True
         self._cleanup()
         return CommitResult(

@@ -149,7 +149,7 @@ class PosixPendingWrite(PendingWrite):
         self._temp = temp
         self._options = options
         self._strategy_name = strategy_name
-        self._stream = TempFileStream(fd, location)
+        self._stream = TempFileStream(fd, location, options.progress)
         self._done = False
 
     @property

@@ -14,13 +14,14 @@ import sys
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ._errors import UnsupportedTargetError, UsageError
 from ._result import CommitResult, Durability
 
 __all__ = [
     "PendingWrite",
+    "ProgressCallback",
     "Strategy",
     "TargetLock",
     "WriteOptions",
@@ -28,6 +29,13 @@ __all__ = [
     "resolve_target",
     "split_protocol",
 ]
+
+
+class ProgressCallback(Protocol):
+    """Told how many more bytes reached the storage: ``fsspec.callbacks.Callback`` fits (and so
+    ``fsspec.callbacks.TqdmCallback`` for a progress bar)."""
+
+    def relative_update(self, inc: int = 1) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,7 @@ class WriteOptions:
     follow_symlinks: bool = True
     if_match: object | None = None
     storage_options: Mapping[str, Any] = field(default_factory=dict)
+    progress: ProgressCallback | None = None
 
 
 class PendingWrite(ABC):

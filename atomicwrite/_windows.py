@@ -379,7 +379,7 @@ class WindowsPendingWrite(PendingWrite):
         self._temp: str | None = temp
         self._use_replace_file = use_replace_file
         self._options = options
-        self._stream = TempFileStream(fd, location)
+        self._stream = TempFileStream(fd, location, options.progress)
         self._done = False
         # Set when ReplaceFileW may have removed the old file and the new content exists only
         # under the temp name: then a failure must keep the temp, never delete it.

@@ -211,6 +211,15 @@ class ObjectStoreContract:
         assert store.pending_uploads() == []
         assert store.names() == ["cas.bin"]
 
+    def test_progress_reports_uploaded_bytes(self, store: StoreHandle) -> None:
+        from fsspec.callbacks import Callback
+
+        progress = Callback()
+        file = atomic_open(store.url("progress.bin"), "wb", storage_options=store.options, progress=progress)
+        write_in_chunks(file, b"p" * (store.multipart_size + 12345))
+        file.commit()
+        assert progress.value == store.multipart_size + 12345
+
     def test_text_and_serializers(self, store: StoreHandle) -> None:
         with atomic_open(store.url("notes.txt"), "w", encoding="utf-16", storage_options=store.options) as file:
             file.write("caf\u00e9\n")

@@ -274,6 +274,16 @@ def test_file_object_behaves_like_a_file(workdir: Path) -> None:
     assert target.read_bytes() == b"J!?lo world"
 
 
+def test_progress_callback_counts_bytes(workdir: Path) -> None:
+    from fsspec.callbacks import Callback
+
+    progress = Callback()
+    with atomic_open(workdir / "p.bin", "wb", progress=progress) as file:
+        file.write(b"a" * 10)
+        file.write(b"b" * (3 << 20))
+    assert progress.value == 10 + (3 << 20)
+
+
 # --- permissions ----------------------------------------------------------------------------
 
 
