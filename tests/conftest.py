@@ -42,3 +42,14 @@ def workdir(tmp_path: Path, local_variant: str) -> Path:
 def listing(directory: Path) -> list[str]:
     """Every entry of ``directory``, hidden ones included, sorted."""
     return sorted(os.listdir(directory))
+
+
+# Lines that test modules leave for the end of the run (the kill points tried, say), by section.
+TERMINAL_SUMMARY: dict[str, list[str]] = {}
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for title, lines in TERMINAL_SUMMARY.items():
+        terminalreporter.write_sep("-", title)
+        for line in lines:
+            terminalreporter.write_line(line)
