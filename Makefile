@@ -9,7 +9,7 @@ demo: nox
 	$(NOX) -s demo
 
 test: nox syscall-tools
-	$(NOX) -s tests lint typecheck
+	$(NOX) -s tests lint typecheck docs
 
 nox:
 	@$(PYTHON) -m nox --version >/dev/null 2>&1 || $(PYTHON) -m pip install -q "nox>=2024.4"
