@@ -27,7 +27,7 @@ from ._errors import (
 )
 from ._result import CommitResult, Durability, LocalVersion
 from ._serializers import Serializer, register_serializer
-from ._strategy import ProgressCallback, register_strategy
+from ._strategy import PendingWrite, ProgressCallback, Strategy, TargetLock, WriteOptions, register_strategy
 
 __version__ = "0.1.0"
 
@@ -44,14 +44,18 @@ __all__ = [
     "DurabilityError",
     "LocalVersion",
     "NoSpaceError",
+    "PendingWrite",
     "ProgressCallback",
     "Serializer",
     "SerializerNotFoundError",
+    "Strategy",
     "TargetExistsError",
     "TargetIsADirectoryError",
+    "TargetLock",
     "TargetNotFoundError",
     "UnsupportedTargetError",
     "UsageError",
+    "WriteOptions",
     "__version__",
     "atomic_open",
     "atomic_save",

@@ -92,10 +92,15 @@ class AtomicBinaryFile(io.BufferedWriter):
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if exc_type is None:
+        if exc_type is None and not self.discarded:
             self.commit()
         else:
             self.discard()
+
+    @property
+    def discarded(self) -> bool:
+        """Whether the write was dropped (explicitly, by an error, or by closing it)."""
+        return self._finished and self._result is None
 
     def __repr__(self) -> str:
         state = "committed" if self._result else "discarded" if self._finished else "open"
@@ -140,10 +145,15 @@ class AtomicTextFile(io.TextIOWrapper):
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if exc_type is None:
+        if exc_type is None and not self._binary.discarded:
             self.commit()
         else:
             self.discard()
+
+    @property
+    def discarded(self) -> bool:
+        """Whether the write was dropped (explicitly, by an error, or by closing it)."""
+        return self._binary.discarded
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._binary!r}>"

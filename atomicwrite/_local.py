@@ -190,7 +190,8 @@ class LocalStrategy(Strategy):
         return _PortalockerLock(handle)
 
     def sweep(self, location: str, older_than: float, dry_run: bool, options: WriteOptions) -> list[str]:
-        directory = self.absolute(location)
+        # Lexically normalized ("./x/." -> "x") so the paths reported back read as expected.
+        directory = os.path.normpath(self.absolute(location))
         now = time.time()
         removed: list[str] = []
         try:

@@ -227,6 +227,27 @@ def test_explicit_commit_and_discard(workdir: Path) -> None:
     assert listing(workdir) == ["explicit"]
 
 
+@pytest.mark.parametrize("mode", ["wb", "w"])
+def test_discard_inside_with_block(workdir: Path, mode: str) -> None:
+    target = workdir / "changed-mind"
+    target.write_bytes(b"old")
+    with atomic_open(target, mode) as file:
+        file.write(b"new" if mode == "wb" else "new")
+        file.discard()
+        assert file.discarded
+    assert target.read_bytes() == b"old"
+    assert listing(workdir) == ["changed-mind"]
+
+
+def test_sweep_reports_normalized_paths(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    leftover = workdir / ".x.awdeadbeef.12345.0123abcd.tmp"
+    leftover.write_bytes(b"x")
+    old = leftover.stat().st_mtime - 7200
+    os.utime(leftover, (old, old))
+    monkeypatch.chdir(workdir)
+    assert sweep(".") == [str(leftover)]
+
+
 def test_close_without_commit_discards(workdir: Path) -> None:
     target = workdir / "closed"
     target.write_bytes(b"old")
