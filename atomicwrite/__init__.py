@@ -1,12 +1,14 @@
 """atomicwrite: every file write all-or-nothing.
 
 A reader, a crash, a SIGKILL or a power cut sees the old content or the complete new content,
-never a torn file::
+never a torn file:
 
-    from atomicwrite import atomic_open
+```python
+from atomicwrite import atomic_open
 
-    with atomic_open("checkpoint.bin", "wb") as f:
-        f.write(payload)
+with atomic_open("checkpoint.bin", "wb") as f:
+    f.write(payload)
+```
 """
 
 from ._api import AtomicBinaryFile, AtomicTextFile, atomic_open, atomic_save, atomic_update, sweep

@@ -32,7 +32,7 @@ class AtomicBinaryFile(io.BufferedWriter):
     """A binary file whose content replaces the target only when it is committed.
 
     Leaving a ``with`` block normally commits; leaving it by an exception (KeyboardInterrupt
-    included) discards.  Without ``with``, call :meth:`commit` or :meth:`discard`.  Closing a file
+    included) discards.  Without ``with``, call `commit` or `discard`.  Closing a file
     that was not committed discards it, like closing a database transaction without a commit, so
     a file abandoned to the garbage collector never publishes a partial write.
     """
@@ -108,7 +108,7 @@ class AtomicBinaryFile(io.BufferedWriter):
 
 
 class AtomicTextFile(io.TextIOWrapper):
-    """The text-mode counterpart of :class:`AtomicBinaryFile`, with the same commit rules."""
+    """The text-mode counterpart of [`AtomicBinaryFile`][atomicwrite.AtomicBinaryFile], with the same commit rules."""
 
     def __init__(self, binary: AtomicBinaryFile, encoding: str | None, errors: str | None, newline: str | None) -> None:
         super().__init__(binary, encoding=encoding, errors=errors, newline=newline)
@@ -139,7 +139,7 @@ class AtomicTextFile(io.TextIOWrapper):
         self._binary.discard()
 
     def close(self) -> None:
-        """Discard unless committed (see :class:`AtomicBinaryFile`)."""
+        """Discard unless committed (see [`AtomicBinaryFile`][atomicwrite.AtomicBinaryFile])."""
         self._binary.discard()
 
     def __exit__(
@@ -342,23 +342,23 @@ def atomic_open(
 ) -> AtomicBinaryFile | AtomicTextFile:
     """Open ``target`` for an all-or-nothing write.
 
-    ::
-
-        with atomic_open("model.bin", "wb") as f:
-            f.write(payload)
-        # a reader saw the old file until here, and the complete new one from here on
+    ```python
+    with atomic_open("model.bin", "wb") as f:
+        f.write(payload)
+    # a reader saw the old file until here, and the complete new one from here on
+    ```
 
     Args:
         target: a path, or a URL whose protocol has a registered strategy.
         mode: ``"wb"``/``"w"`` replace the target; ``"xb"``/``"x"`` create it only if it does not
-            exist, raising :class:`TargetExistsError` (a ``FileExistsError``) otherwise.
+            exist, raising [`TargetExistsError`][atomicwrite.TargetExistsError] (a ``FileExistsError``) otherwise.
         durability: ``"full"`` flushes the file and its directory, so the new content survives
             a power loss once the commit returns; ``"file"`` flushes the file only; ``"none"``
             stays atomic against process crashes, but not power loss.  On Windows, "full" renames
             with ``MOVEFILE_WRITE_THROUGH`` (or flushes the file after ``ReplaceFileW``).
         accept_weaker_durability: where the storage refuses part of the flush (a directory
             fsync on CIFS, say), report the weaker level in the result instead of raising
-            :class:`DurabilityError`.
+            [`DurabilityError`][atomicwrite.DurabilityError].
         preserve_permissions: give the new file the old one's mode (and owner, where allowed).
             A new file gets ``0o666 & ~umask``, like ``open()``.  On Windows, the old file's
             ACLs and attributes are kept through ``ReplaceFileW``.
@@ -369,8 +369,9 @@ def atomic_open(
             link (default); if False, replace the link itself with a regular file.
         encoding, errors, newline: as for ``open()``, in text modes.
         if_match: commit only if the target is still at this version (the ``version`` of an
-            earlier :class:`CommitResult`), else raise :class:`ConflictError`.  Race-free among
-            writers that also pass ``lock=True``.
+            earlier [`CommitResult`][atomicwrite.CommitResult]), else raise
+            [`ConflictError`][atomicwrite.ConflictError].  Race-free among writers that also
+            pass ``lock=True``.
         lock: hold an exclusive lock on the target (a lock file beside it) from open to commit,
             so cooperating writers take turns.
         storage_options: passed to the fsspec file system of an object store (credentials,
@@ -381,9 +382,11 @@ def atomic_open(
             e.g. ``TqdmCallback`` for a progress bar).
 
     Returns:
-        :class:`AtomicBinaryFile` or :class:`AtomicTextFile`: a writable file that is also a
-        context manager, with :meth:`~AtomicBinaryFile.commit`, :meth:`~AtomicBinaryFile.discard`
-        and :attr:`~AtomicBinaryFile.result`.
+        [`AtomicBinaryFile`][atomicwrite.AtomicBinaryFile] or
+        [`AtomicTextFile`][atomicwrite.AtomicTextFile]: a writable file that is also a context
+        manager, with [`commit`][atomicwrite.AtomicBinaryFile.commit],
+        [`discard`][atomicwrite.AtomicBinaryFile.discard] and
+        [`result`][atomicwrite.AtomicBinaryFile.result].
     """
     exclusive, binary = _parse_mode(mode)
     options = _options(
@@ -415,10 +418,10 @@ def atomic_save(
     """Serialize ``obj`` straight into an atomic write of ``target`` and commit it.
 
     ``serializer`` is a name (``"bytes"``, ``"text"``, ``"json"``, ``"pickle"``, or one added by
-    an installed package), a :class:`Serializer`, or a callable ``(obj, fileobj) -> None`` that
+    an installed package), a [`Serializer`][atomicwrite.Serializer], or a callable ``(obj, fileobj) -> None`` that
     writes to a binary file.  The object is streamed to the temp file, never held as a whole
     in memory.  If the serializer raises, the target is left as it was.  ``options`` are those of
-    :func:`atomic_open`.
+    [`atomic_open`][atomicwrite.atomic_open].
     """
     chosen = get_serializer(serializer)
     mode = ("x" if exclusive else "w") + ("b" if chosen.binary else "")
@@ -444,9 +447,11 @@ def atomic_update(
 
     ``update`` gets the current content, loaded by ``serializer`` (None if the target does not
     exist yet), and returns the new content, which is written atomically.  Every process that
-    updates the same target this way takes its turn::
+    updates the same target this way takes its turn:
 
-        atomic_update("counter.json", lambda n: (n or 0) + 1, serializer="json")
+    ```python
+    atomic_update("counter.json", lambda n: (n or 0) + 1, serializer="json")
+    ```
     """
     chosen = get_serializer(serializer)
     load = chosen.load

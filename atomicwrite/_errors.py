@@ -1,9 +1,9 @@
 """The error hierarchy.
 
-Every error this library raises derives from :class:`AtomicWriteError`.  Errors that come from the
-operating system also derive from the matching builtin (``FileExistsError``, ``PermissionError``,
-``IsADirectoryError``, ``FileNotFoundError``...), so ``except FileExistsError`` keeps working, and
-they keep ``errno`` and ``filename``.
+Every error this library raises derives from [`AtomicWriteError`][atomicwrite.AtomicWriteError].
+Errors that come from the operating system also derive from the matching builtin
+(``FileExistsError``, ``PermissionError``, ``IsADirectoryError``, ``FileNotFoundError``...), so
+``except FileExistsError`` keeps working, and they keep ``errno`` and ``filename``.
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ _BY_ERRNO: dict[int, type[AtomicOSError]] = {
 
 
 def os_error(exc: OSError, target: str, action: str, *, verb: str = "write") -> AtomicOSError:
-    """Translate ``exc`` into the matching :class:`AtomicOSError`, naming the target and the step.
+    """Translate ``exc`` into the matching [`AtomicOSError`][atomicwrite.AtomicOSError], naming the target and the step.
 
     Raise it ``from exc``, so the original error stays attached as the cause.
     """

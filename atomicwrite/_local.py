@@ -1,7 +1,7 @@
 """What the POSIX and Windows strategies share: temp names, target resolution, locks, sweeping.
 
 Temp names look like ``.{name}.aw{host}.{pid}.{random}.tmp``: hidden, beside the target, and
-specific enough that :func:`atomicwrite.sweep` never mistakes a user's own ``.x.tmp`` for one of
+specific enough that [`sweep`][atomicwrite.sweep] never mistakes a user's own ``.x.tmp`` for one of
 ours.  ``host`` (a CRC of the host name) and ``pid`` tell a sweep whether the writer can still be
 alive; ``random`` makes names unguessable and unique.
 """

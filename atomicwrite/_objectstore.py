@@ -12,7 +12,7 @@ Peak memory is bounded by ``part_size * (parallel_parts + 1)``, whatever the obj
 
 A write that uses parts leaves a *marker* object beside the target, named like a local temp
 file (``.{name}.aw{host}.{pid}.{random}.tmp``) and holding the upload's id, until it commits or
-aborts.  A writer killed mid-upload leaves its marker, and :func:`atomicwrite.sweep` aborts
+aborts.  A writer killed mid-upload leaves its marker, and [`sweep`][atomicwrite.sweep] aborts
 exactly the uploads its markers name: never an upload this library did not start.
 """
 
@@ -49,10 +49,10 @@ class PreconditionFailed(Exception):
 class ObjectStoreBackend(ABC):
     """One store's primitives for one write to one object.
 
-    The pending write calls, in order: either :meth:`put` once; or :meth:`start`, then
-    :meth:`upload_part` for each part (from worker threads, up to ``parallel_parts`` at once,
-    or strictly in order when it is 1), then :meth:`complete` with the tail that is left; and
-    :meth:`abort` on any failure after :meth:`start`.
+    The pending write calls, in order: either `put` once; or `start`, then
+    `upload_part` for each part (from worker threads, up to ``parallel_parts`` at once,
+    or strictly in order when it is 1), then `complete` with the tail that is left; and
+    `abort` on any failure after `start`.
     """
 
     #: Each part but the last has exactly this many bytes.

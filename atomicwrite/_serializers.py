@@ -1,8 +1,9 @@
-"""Serializers for :func:`atomicwrite.atomic_save`, by name.
+"""Serializers for [`atomic_save`][atomicwrite.atomic_save], by name.
 
-Builtin: ``"bytes"``, ``"text"``, ``"json"``, ``"pickle"``.  Other packages add theirs through the
-``atomicwrite.serializers`` entry-point group (an entry point names a :class:`Serializer` or a
-plain ``(obj, fileobj) -> None`` callable), or at run time with :func:`register_serializer`.
+Builtin: ``"bytes"``, ``"text"``, ``"json"``, ``"pickle"``.  Other packages add theirs through
+the ``atomicwrite.serializers`` entry-point group (an entry point names a
+[`Serializer`][atomicwrite.Serializer] or a plain ``(obj, fileobj) -> None`` callable), or at
+run time with [`register_serializer`][atomicwrite.register_serializer].
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ ENTRY_POINT_GROUP = "atomicwrite.serializers"
 
 @dataclass(frozen=True)
 class Serializer:
-    """How to write an object to a file (and, for :func:`atomic_update`, read it back).
+    """How to write an object to a file (and, for [`atomic_update`][atomicwrite.atomic_update], read it back).
 
     Attributes:
-        name: the name :func:`atomic_save` knows it by.
+        name: the name [`atomic_save`][atomicwrite.atomic_save] knows it by.
         dump: writes ``obj`` to the open file, streaming: ``dump(obj, fileobj)``.
         load: reads an object back from an open file, or None if this serializer cannot.
         binary: whether ``dump`` and ``load`` take binary (True) or text (False) files.
@@ -82,7 +83,7 @@ _REGISTRY: dict[str, Serializer] = {}
 
 
 def register_serializer(serializer: Serializer, *, replace: bool = False) -> None:
-    """Make ``serializer`` available to :func:`atomic_save` under its name."""
+    """Make ``serializer`` available to [`atomic_save`][atomicwrite.atomic_save] under its name."""
     if serializer.name in _REGISTRY and not replace:
         raise UsageError(f"a serializer named {serializer.name!r} is already registered")
     _REGISTRY[serializer.name] = serializer

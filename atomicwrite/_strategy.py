@@ -54,7 +54,7 @@ class WriteOptions:
 
 
 class PendingWrite(ABC):
-    """One write in flight: bytes go to :attr:`stream`; then exactly one of commit or discard."""
+    """One write in flight: bytes go to `stream`; then exactly one of commit or discard."""
 
     @property
     @abstractmethod
@@ -81,7 +81,7 @@ class TargetLock(ABC):
 class Strategy(ABC):
     """How to write atomically to one kind of storage."""
 
-    #: Short name, reported in :class:`~atomicwrite.CommitResult`.
+    #: Short name, reported in [`CommitResult`][atomicwrite.CommitResult].
     name: str = ""
 
     @abstractmethod
@@ -121,6 +121,7 @@ def register_strategy(protocols: str | tuple[str, ...], implementation: str, *, 
 
 register_strategy(("", "file", "local"), _LOCAL_STRATEGY)
 register_strategy(("s3", "s3a"), "atomicwrite._s3:S3Strategy")
+register_strategy(("gs", "gcs"), "atomicwrite._gcs:GCSStrategy")
 register_strategy("memory", "atomicwrite._memory:MemoryStrategy")
 
 

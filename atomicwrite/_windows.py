@@ -8,7 +8,7 @@ The protocol, step by step (each step's reason is in the code):
    ``if_match``;
 3. create the temp file beside it with ``CREATE_NEW`` semantics (``O_CREAT | O_EXCL``).  The C
    runtime opens it without ``FILE_SHARE_DELETE``, so while its writer holds it nobody can delete
-   or rename it: that is how :meth:`WindowsStrategy.sweep` tells a live writer's temp from a dead
+   or rename it: that is how `sweep` tells a live writer's temp from a dead
    one's, without ever touching a process;
 4. write, ``FlushFileBuffers`` (``os.fsync``), close and check each;
 5. publish in one call:
@@ -31,7 +31,7 @@ The protocol, step by step (each step's reason is in the code):
    metadata log that holds the rename, on NTFS).  If that flush is refused (a reader holds the
    file without sharing write access), ``"file"`` is reported, never ``"full"``.
 
-Every Win32 call goes through :class:`Kernel32`, so the call sequence and the error mapping are
+Every Win32 call goes through `Kernel32`, so the call sequence and the error mapping are
 tested on any platform against a fake (tests/test_windows.py).  This module imports everywhere
 and never calls ``fcntl`` or ``os.kill`` (``os.kill`` *terminates* a process on Windows).
 """
@@ -613,7 +613,7 @@ class WindowsStrategy(LocalStrategy):
 
     def retry_os(self, call: Callable[[], _T]) -> _T:
         """Run an ``os`` call, retrying PermissionError (how the C runtime reports a sharing
-        violation) like :meth:`retry`."""
+        violation) like `retry`."""
         for delay in retry_delays(self.attempts):
             try:
                 return call()
