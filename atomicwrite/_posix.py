@@ -214,7 +214,10 @@ class PosixPendingWrite(PendingWrite):
         self._temp = None
         self._done = True
         self._stream.close()
-        os.close(fd)
+        # The target is published: a failing close cannot take that back, so it must not be
+        # reported as a failed write (the data is in place, and flushed unless durability="none").
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
     def _after_publish(self, version: LocalVersion) -> CommitResult:
         """The directory fsync and the result.  The new content is published: never unlink now."""
@@ -233,7 +236,10 @@ class PosixPendingWrite(PendingWrite):
                         raise os_error(exc, self._location, "flushing the directory") from exc
                     achieved = "file"
         finally:
-            os.close(dir_fd)
+            # Published already: closing the directory's descriptor says nothing about the data,
+            # and its failure must not turn a published write into an error.
+            with contextlib.suppress(OSError):
+                os.close(dir_fd)
         result = CommitResult(
             target=self._target,
             strategy=self._strategy_name,
