@@ -3,12 +3,12 @@
 PYTHON ?= python3
 NOX = $(PYTHON) -m nox
 
-.PHONY: demo test nox syscall-tools
+.PHONY: demo test nox syscall-tools store-servers
 
 demo: nox
 	$(NOX) -s demo
 
-test: nox syscall-tools
+test: nox syscall-tools store-servers
 	$(NOX) -s tests lint typecheck docs
 
 nox:
@@ -21,3 +21,10 @@ syscall-tools:
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq strace >/dev/null; } || \
 	  echo "strace is not installed: the syscall-order test will be skipped"
+
+# Azurite, Azure's storage emulator, comes from npm (Node 18+); the Azure tests start it.  Without
+# it they are skipped (and say why).
+store-servers:
+	@[ -x tests/.azurite/node_modules/.bin/azurite-blob ] || \
+	  { command -v npm >/dev/null 2>&1 && npm install --silent --no-audit --no-fund --prefix tests/.azurite azurite@3 >/dev/null; } || \
+	  echo "npm is not available: the Azure tests will be skipped"

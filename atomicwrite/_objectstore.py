@@ -147,9 +147,12 @@ class ObjectStorePendingWrite(PendingWrite):
             if len(self._buffer) >= part_size:
                 try:
                     self._ship(bytes(self._buffer))
-                except BaseException:
+                except BaseException as exc:
                     self.discard()
-                    raise
+                    translated = self._translate(exc)
+                    if translated is exc:
+                        raise
+                    raise translated from exc
                 self._buffer.clear()
         return len(view)
 

@@ -121,6 +121,8 @@ def register_strategy(protocols: str | tuple[str, ...], implementation: str, *, 
 
 register_strategy(("", "file", "local"), _LOCAL_STRATEGY)
 register_strategy(("s3", "s3a"), "atomicwrite._s3:S3Strategy")
+register_strategy(("gs", "gcs"), "atomicwrite._gcs:GCSStrategy")
+register_strategy(("az", "abfs", "abfss"), "atomicwrite._azure:AzureStrategy")
 register_strategy("memory", "atomicwrite._memory:MemoryStrategy")
 
 
