@@ -99,6 +99,11 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 def test_example_runs(block: Block, isolated: Path, local_variant: str) -> None:
     if sys.platform == "win32" and POSIX_ONLY in block.code:
         pytest.skip("the example uses POSIX-only features (mode bits, symlinks, signals)")
+    # Each example starts from an empty memory:// too, as it does from an empty directory.
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    MemoryFileSystem.store.clear()
+    MemoryFileSystem.pseudo_dirs[:] = [""]
     # Leading newlines make the line numbers of a traceback those of the Markdown file.
     source = "\n" * block.line + block.code
     code = compile(source, str(block.page), "exec")
