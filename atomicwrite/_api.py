@@ -95,7 +95,7 @@ class AtomicBinaryFile(io.BufferedWriter):
         if exc_type is None and not self.discarded:
             self.commit()
         else:
-            self.discard()
+            _discard_after(self, exc)
 
     @property
     def discarded(self) -> bool:
@@ -105,6 +105,21 @@ class AtomicBinaryFile(io.BufferedWriter):
     def __repr__(self) -> str:
         state = "committed" if self._result else "discarded" if self._finished else "open"
         return f"<{type(self).__name__} {state}>"
+
+
+def _discard_after(file: AtomicBinaryFile | AtomicTextFile, error: BaseException | None) -> None:
+    """Discard because ``error`` left the with block; a failing cleanup must not replace it."""
+    if error is None:
+        file.discard()
+        return
+    try:
+        file.discard()
+    except Exception as cleanup_error:
+        # Whatever the discard left behind is recognisable, and sweep() removes it; the error
+        # that stopped the write is the one the caller needs to see.
+        add_note = getattr(error, "add_note", None)  # Python 3.11+
+        if add_note is not None:
+            add_note(f"atomicwrite: discarding the write also failed ({cleanup_error!r}); sweep() cleans up")
 
 
 class AtomicTextFile(io.TextIOWrapper):
@@ -148,7 +163,7 @@ class AtomicTextFile(io.TextIOWrapper):
         if exc_type is None and not self._binary.discarded:
             self.commit()
         else:
-            self.discard()
+            _discard_after(self, exc)
 
     @property
     def discarded(self) -> bool:

@@ -30,7 +30,7 @@ import time
 from abc import ABC, abstractmethod
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, NoReturn
 
 from ._errors import AtomicWriteError, ConflictError, TargetExistsError, UnsupportedTargetError, UsageError, os_error
 from ._local import FRESH_TEMP_GRACE, host_tag, parse_temp_name, temp_name
@@ -145,15 +145,14 @@ class ObjectStorePendingWrite(PendingWrite):
             self._buffer += view[offset : offset + room]
             offset += room
             if len(self._buffer) >= part_size:
-                try:
-                    self._ship(bytes(self._buffer))
-                except BaseException as exc:
-                    self.discard()
-                    translated = self._translate(exc)
-                    if translated is exc:
-                        raise
-                    raise translated from exc
+                # Copied out and cleared before waiting for a slot, so that no more than
+                # parallel_parts + 1 parts are ever held.
+                part = bytes(self._buffer)
                 self._buffer.clear()
+                try:
+                    self._ship(part)
+                except BaseException as exc:
+                    self._fail(exc)
         return len(view)
 
     def _ship(self, part: bytes) -> None:
@@ -163,7 +162,10 @@ class ObjectStorePendingWrite(PendingWrite):
         assert self._pool is not None
         # Wait for the oldest part first, so at most parallel_parts are in flight (and in RAM).
         while len(self._inflight) >= self._backend.parallel_parts:
-            self._inflight.popleft().result()
+            # Left in the queue while waiting: if the wait is interrupted, discard() must still
+            # see this part and wait for it before aborting the upload.
+            self._inflight[0].result()
+            self._inflight.popleft()
         self._inflight.append(self._pool.submit(self._upload_part, self._parts_sent, part))
 
     def _upload_part(self, number: int, part: bytes) -> None:
@@ -190,17 +192,20 @@ class ObjectStorePendingWrite(PendingWrite):
                 version = self._backend.put(bytes(self._buffer), exclusive=options.exclusive, if_match=options.if_match)
             else:
                 while self._inflight:
-                    self._inflight.popleft().result()
+                    self._inflight[0].result()
+                    self._inflight.popleft()
                 version = self._backend.complete(
                     bytes(self._buffer), exclusive=options.exclusive, if_match=options.if_match
                 )
         except BaseException as exc:
-            self.discard()
-            raise self._translate(exc) from exc
-        if options.progress is not None and self._buffer:
-            options.progress.relative_update(len(self._buffer))
+            self._fail(exc)
+        # Published: from here on nothing may fail the commit or undo the cleanup.
+        tail = len(self._buffer)
         self._done = True
         self._cleanup()
+        if options.progress is not None and tail:
+            with contextlib.suppress(Exception):
+                options.progress.relative_update(tail)
         return CommitResult(
             target=self._location,
             strategy=self._strategy.name,
@@ -211,6 +216,15 @@ class ObjectStorePendingWrite(PendingWrite):
             version=version,
             checksum="sha256:" + self._digest.hexdigest(),
         )
+
+    def _fail(self, exc: BaseException) -> NoReturn:
+        """Discard after ``exc``, then raise it, typed; a failing cleanup never hides it."""
+        with contextlib.suppress(Exception):
+            self.discard()
+        translated = self._translate(exc)
+        if translated is exc:
+            raise exc
+        raise translated from exc
 
     def _translate(self, exc: BaseException) -> BaseException:
         if isinstance(exc, PreconditionFailed):
@@ -233,19 +247,26 @@ class ObjectStorePendingWrite(PendingWrite):
         self._done = True
         for future in self._inflight:
             future.cancel()
+        aborted = not self._started
         try:
             for future in self._inflight:
                 if not future.cancelled():
-                    with contextlib.suppress(BaseException):  # the upload is being aborted anyway
+                    with contextlib.suppress(Exception):  # the upload is being aborted anyway
                         future.result()
             self._inflight.clear()
             if self._started:
                 self._backend.abort()
+                aborted = True
         finally:
+            if not aborted:
+                # The upload may still exist: keep its marker, so that sweep() can abort it.
+                self._marker_written = False
             self._cleanup()
 
     def _cleanup(self) -> None:
         self._buffer = bytearray()
+        # Closed, so that a write after the commit or discard fails instead of vanishing.
+        self._stream.close()
         if self._pool is not None:
             self._pool.shutdown(wait=False)
             self._pool = None
@@ -339,6 +360,9 @@ class ObjectStoreStrategy(Strategy):
                 record: dict[str, Any] = json.loads(fs.cat_file(path))
             except (FileNotFoundError, ValueError):
                 continue
+            target = fs._strip_protocol(str(record.get("target", "")))
+            if target.rpartition("/")[0] != path.rpartition("/")[0]:
+                continue  # not a marker this library wrote: ours sit beside their target
             if not dry_run:
                 self.abort_upload(record, options)
                 self.remove_marker(path, options)

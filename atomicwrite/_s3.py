@@ -35,6 +35,16 @@ def _precondition_failed(exc: BaseException) -> bool:
     return code in ("PreconditionFailed", "412", "ConditionalRequestConflict") or status == 412
 
 
+def _no_such_key(exc: BaseException) -> bool:
+    """Whether an s3fs error is S3 saying the key does not exist (not a missing upload)."""
+    for error in (exc, exc.__cause__):
+        response = getattr(error, "response", None)
+        if isinstance(response, dict):
+            code = str(response.get("Error", {}).get("Code", ""))
+            return code in ("NoSuchKey", "404", "Not Found")
+    return "NoSuchUpload" not in str(exc)
+
+
 class S3Backend(ObjectStoreBackend):
     """S3 calls for one object, through s3fs's botocore client."""
 
@@ -64,10 +74,20 @@ class S3Backend(ObjectStoreBackend):
         return {}
 
     def put(self, data: bytes, *, exclusive: bool, if_match: object | None) -> object:
-        response = self._call(
-            "put_object", Body=data, ChecksumAlgorithm="SHA256", **self._conditions(exclusive, if_match)
+        response = self._conditional(
+            "put_object", if_match, Body=data, ChecksumAlgorithm="SHA256", **self._conditions(exclusive, if_match)
         )
         return response["ETag"]
+
+    def _conditional(self, method: str, if_match: object | None, **kwargs: Any) -> Any:
+        """A call whose If-Match on a key that no longer exists is a lost race, not an error:
+        S3 answers it with 404 NoSuchKey rather than 412."""
+        try:
+            return self._call(method, **kwargs)
+        except FileNotFoundError as exc:
+            if if_match is None or not _no_such_key(exc):
+                raise
+            raise PreconditionFailed(f"s3://{self._bucket}/{self._key} no longer exists") from exc
 
     def start(self, *, exclusive: bool, if_match: object | None) -> str:
         response = self._call("create_multipart_upload", ChecksumAlgorithm="SHA256")
@@ -97,11 +117,12 @@ class S3Backend(ObjectStoreBackend):
         if if_match is not None:
             # S3 checks If-Match on the completion itself; this earlier look only turns a lost
             # race into a clear error sooner, and covers servers that ignore the header there.
-            head = self._call("head_object")
+            head = self._conditional("head_object", if_match)
             if head.get("ETag") != if_match:
                 raise PreconditionFailed(f"s3://{self._bucket}/{self._key} is at {head.get('ETag')}")
-        response = self._call(
+        response = self._conditional(
             "complete_multipart_upload",
+            if_match,
             UploadId=self._upload_id,
             MultipartUpload={"Parts": parts},
             **self._conditions(exclusive, if_match),

@@ -101,6 +101,20 @@ class TestS3(ObjectStoreContract):
         assert conditions.count("*") == 2, seen
         assert store.read("excl.bin") == b"m" * store.multipart_size
 
+    @pytest.mark.parametrize("size", ["small", "multipart"])
+    def test_compare_and_swap_on_a_deleted_key_is_a_conflict(self, store: StoreHandle, size: str) -> None:
+        """S3 answers If-Match on a missing key with 404, not 412: still a lost race."""
+        from atomicwrite import ConflictError, atomic_save
+
+        first = atomic_save(b"v1", store.url("gone.bin"), "bytes", storage_options=store.options)
+        store.fs.rm_file(store.url("gone.bin"))
+        payload = b"v2" * (8 if size == "small" else store.multipart_size // 2)
+        with pytest.raises(ConflictError):
+            atomic_save(payload, store.url("gone.bin"), "bytes", storage_options=store.options, if_match=first.version)
+        assert store.read("gone.bin") is None
+        assert store.pending_uploads() == []
+        assert store.names() == []
+
     @pytest.mark.slow
     def test_memory_stays_bounded(self, store: StoreHandle) -> None:
         """256 MiB streamed to S3 costs about part_size x (parallel parts + 1), not the object."""
