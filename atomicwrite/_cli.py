@@ -182,6 +182,20 @@ def sweep_command(path: str, older_than: float, dry_run: bool) -> None:
     help="Stage atomic writes in named temp files even where O_TMPFILE exists (Linux), so that"
     " kills leave leftovers for sweep() to remove.",
 )
+@click.option("--no-s3", is_flag=True, help="Skip the S3 part (an in-process moto server).")
+@click.option(
+    "--s3-kills",
+    type=click.IntRange(min=1),
+    default=None,
+    help="SIGKILLs per S3 method.  [default: --kills, at most 6]",
+)
+@click.option(
+    "--s3-size-mb",
+    type=click.FloatRange(min=0.001),
+    default=16.0,
+    show_default=True,
+    help="S3 payload size in MiB; above 5 MiB (the part size) atomic_open uses a multipart upload.",
+)
 @click.pass_context
 def demo_command(
     ctx: click.Context,
@@ -193,11 +207,18 @@ def demo_command(
     keep: bool,
     durability: str,
     named_temps: bool,
+    no_s3: bool,
+    s3_kills: int | None,
+    s3_size_mb: float,
 ) -> None:
     """SIGKILL a writer mid-save, again and again: plain open() versus atomic_open.
 
-    Exits 0 when atomic_open never left a torn, empty or missing file and sweep() removed every
-    leftover; plain open() is expected to leave torn files.
+    On local disk, then against an in-process S3 server (moto), where fsspec's fs.open("wb")
+    stands in for plain open().  The S3 part needs moto[server] and s3fs
+    (pip install 'atomicwrite[demo]'); without them it is skipped.
+
+    Exits 0 when atomic_open never left a torn, empty or missing file or object and sweep()
+    removed every leftover; plain open() is expected to leave torn files.
     """
     from ._demo import run_demo
 
@@ -209,6 +230,9 @@ def demo_command(
         keep=keep,
         durability=durability,
         named_temps=named_temps,
+        s3=not no_s3,
+        s3_kills=s3_kills,
+        s3_size_mb=s3_size_mb,
         echo=click.echo,
     )
     ctx.exit(code)

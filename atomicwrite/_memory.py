@@ -73,7 +73,15 @@ class MemoryStrategy(ObjectStoreStrategy):
         fs = self.filesystem(options)
         return MemoryBackend(fs, fs._strip_protocol(location))
 
-    def write_marker(self, marker: str, location: str, upload_id: str, options: WriteOptions) -> None:
+    def write_marker(
+        self,
+        marker: str,
+        location: str,
+        upload_id: str | None,
+        options: WriteOptions,
+        *,
+        known_uploads: list[str] | None = None,
+    ) -> None:
         """Nothing to mark: an in-process upload cannot outlive its writer."""
 
     def remove_marker(self, marker: str, options: WriteOptions) -> None:

@@ -29,6 +29,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, NoReturn
 
@@ -61,6 +62,14 @@ class ObjectStoreBackend(ABC):
     parallel_parts: int = 4
     #: What a committed write survives: the real stores acknowledge only durable writes.
     durability: Durability = "full"
+    #: Whether :meth:`start` has the store create the upload and name it (S3).  A writer killed
+    #: between that request and storing its marker would leave an upload nothing names, so such
+    #: a write stores its marker first (with :meth:`known_uploads`), then again with the id.
+    creates_upload: bool = False
+
+    def known_uploads(self) -> list[str]:
+        """The ids of the uploads already pending for the object, before :meth:`start`."""
+        return []
 
     @abstractmethod
     def put(self, data: bytes, *, exclusive: bool, if_match: object | None) -> object:
@@ -175,6 +184,12 @@ class ObjectStorePendingWrite(PendingWrite):
 
     def _start(self) -> None:
         options = self._options
+        if self._backend.creates_upload:
+            # Killed after the store created the upload but before the marker below named it,
+            # this writer still leaves this marker: sweep() finds the upload by elimination.
+            known = self._backend.known_uploads()
+            self._strategy.write_marker(self._marker, self._location, None, options, known_uploads=known)
+            self._marker_written = True
         upload_id = self._backend.start(exclusive=options.exclusive, if_match=options.if_match)
         self._started = True
         self._strategy.write_marker(self._marker, self._location, upload_id, options)
@@ -301,6 +316,16 @@ class ObjectStoreStrategy(Strategy):
     def abort_upload(self, record: dict[str, Any], options: WriteOptions) -> None:
         """Abort the upload a marker names (no error if it is already gone)."""
 
+    def abort_unnamed_upload(
+        self, record: dict[str, Any], options: WriteOptions, may_be_live: Callable[[str, dict[str, Any]], bool]
+    ) -> bool:
+        """Abort the upload of a writer killed before its marker named it (``record`` has no
+        ``upload_id``); False to keep the marker for a later sweep.  ``may_be_live(path, info)``
+        tells whether the writer of another marker may still be running.
+
+        Only stores whose backends have ``creates_upload`` write such markers."""
+        return True
+
     def begin(self, location: str, options: WriteOptions) -> ObjectStorePendingWrite:
         backend = self.backend(location, options)
         directory, _, name = location.rpartition("/")
@@ -326,9 +351,17 @@ class ObjectStoreStrategy(Strategy):
 
     # --- markers ------------------------------------------------------------------------
 
-    def write_marker(self, marker: str, location: str, upload_id: str, options: WriteOptions) -> None:
+    def write_marker(
+        self,
+        marker: str,
+        location: str,
+        upload_id: str | None,
+        options: WriteOptions,
+        *,
+        known_uploads: list[str] | None = None,
+    ) -> None:
         """Store the marker that lets sweep() abort this upload if the writer dies."""
-        self.filesystem(options).pipe_file(marker, marker_record(location, upload_id))
+        self.filesystem(options).pipe_file(marker, marker_record(location, upload_id, known_uploads=known_uploads))
 
     def remove_marker(self, marker: str, options: WriteOptions) -> None:
         """Delete a marker once its upload completed or was aborted."""
@@ -342,19 +375,24 @@ class ObjectStoreStrategy(Strategy):
         except FileNotFoundError:
             return []
         now = time.time()
-        removed: list[str] = []
-        for path, info in sorted(entries.items()):
+
+        def may_be_live(path: str, info: dict[str, Any]) -> bool:
+            """Whether the writer of the marker at ``path`` may still be running."""
             parsed = parse_temp_name(path.rpartition("/")[2])
             if parsed is None:
-                continue
+                return False
             host, pid = parsed
-            if host == host_tag():
+            alive = _pid_alive(pid) if host == host_tag() else None
+            if alive is not None:
                 # A writer on this host is alive exactly while its pid is (a reused pid only
                 # delays the sweep).
-                if _pid_alive(pid):
-                    continue
-            elif not now - _modified(info) >= max(older_than, FRESH_TEMP_GRACE):
-                # Another host's writer: its liveness is unknown, so only age can tell.
+                return alive
+            # Another host's writer, or a pid that cannot be checked here: only age can tell.
+            return not now - _modified(info) >= max(older_than, FRESH_TEMP_GRACE)
+
+        removed: list[str] = []
+        for path, info in sorted(entries.items()):
+            if parse_temp_name(path.rpartition("/")[2]) is None or may_be_live(path, info):
                 continue
             try:
                 record: dict[str, Any] = json.loads(fs.cat_file(path))
@@ -364,7 +402,11 @@ class ObjectStoreStrategy(Strategy):
             if target.rpartition("/")[0] != path.rpartition("/")[0]:
                 continue  # not a marker this library wrote: ours sit beside their target
             if not dry_run:
-                self.abort_upload(record, options)
+                if record.get("upload_id") is None:
+                    if not self.abort_unnamed_upload(record, options, may_be_live):
+                        continue
+                else:
+                    self.abort_upload(record, options)
                 self.remove_marker(path, options)
             removed.append(self.url(path))
         return removed
@@ -386,16 +428,25 @@ def _modified(info: dict[str, Any]) -> float:
     return 0.0
 
 
-def marker_record(location: str, upload_id: str) -> bytes:
-    """The content of a marker object."""
-    return json.dumps(
-        {"target": location, "upload_id": upload_id, "host": host_tag(), "pid": os.getpid(), "started": time.time()}
-    ).encode()
+def marker_record(location: str, upload_id: str | None, *, known_uploads: list[str] | None = None) -> bytes:
+    """The content of a marker object: ``upload_id`` is None until the store has named the
+    upload, and then ``known_uploads`` lists the uploads that were pending before it."""
+    record: dict[str, Any] = {
+        "target": location,
+        "upload_id": upload_id,
+        "host": host_tag(),
+        "pid": os.getpid(),
+        "started": time.time(),
+    }
+    if known_uploads is not None:
+        record["known_uploads"] = known_uploads
+    return json.dumps(record).encode()
 
 
-def _pid_alive(pid: int) -> bool:
+def _pid_alive(pid: int) -> bool | None:
+    """Whether a process with this pid runs on this host; None where that cannot be checked."""
     if sys.platform == "win32":
-        return True  # unknown here: leave it to the age limit
+        return None  # os.kill(pid, 0) would terminate it: leave it to the age limit
     else:  # the else keeps the POSIX import out of mypy --platform win32
         from ._posix import pid_alive
 

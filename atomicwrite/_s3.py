@@ -9,9 +9,12 @@ publishing request itself: an exists-check before writing would not be exclusive
 from __future__ import annotations
 
 import contextlib
+import json
+from collections.abc import Callable
 from typing import Any
 
 from ._errors import UnsupportedTargetError
+from ._local import parse_temp_name
 from ._objectstore import MiB, ObjectStoreBackend, ObjectStoreStrategy, PreconditionFailed
 from ._strategy import WriteOptions
 
@@ -47,6 +50,8 @@ def _no_such_key(exc: BaseException) -> bool:
 
 class S3Backend(ObjectStoreBackend):
     """S3 calls for one object, through s3fs's botocore client."""
+
+    creates_upload = True
 
     def __init__(self, fs: Any, bucket: str, key: str, *, part_size: int, parallel_parts: int) -> None:
         self._fs = fs
@@ -88,6 +93,9 @@ class S3Backend(ObjectStoreBackend):
             if if_match is None or not _no_such_key(exc):
                 raise
             raise PreconditionFailed(f"s3://{self._bucket}/{self._key} no longer exists") from exc
+
+    def known_uploads(self) -> list[str]:
+        return pending_uploads(self._fs, self._bucket, self._key)
 
     def start(self, *, exclusive: bool, if_match: object | None) -> str:
         response = self._call("create_multipart_upload", ChecksumAlgorithm="SHA256")
@@ -134,6 +142,18 @@ class S3Backend(ObjectStoreBackend):
             abort_upload(self._fs, self._bucket, self._key, self._upload_id)
 
 
+def pending_uploads(fs: Any, bucket: str, key: str) -> list[str]:
+    """The ids of the multipart uploads pending for exactly ``key``."""
+    found: list[str] = []
+    markers: dict[str, str] = {}
+    while True:
+        response = fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key, **markers)
+        found += [str(upload["UploadId"]) for upload in response.get("Uploads", []) if upload.get("Key") == key]
+        if not response.get("IsTruncated"):
+            return found
+        markers = {"KeyMarker": response["NextKeyMarker"], "UploadIdMarker": response["NextUploadIdMarker"]}
+
+
 def abort_upload(fs: Any, bucket: str, key: str, upload_id: str) -> None:
     """Abort one multipart upload; an upload that is already gone is not an error."""
     with contextlib.suppress(FileNotFoundError):
@@ -163,3 +183,38 @@ class S3Strategy(ObjectStoreStrategy):
         fs = self.filesystem(options)
         bucket, key, _ = fs.split_path(str(record["target"]))
         abort_upload(fs, bucket, key, str(record["upload_id"]))
+
+    def abort_unnamed_upload(
+        self, record: dict[str, Any], options: WriteOptions, may_be_live: Callable[[str, dict[str, Any]], bool]
+    ) -> bool:
+        """The writer died between CreateMultipartUpload and storing the upload's id: abort the
+        uploads of its target that were not pending before it started (its marker lists those)
+        and that no other marker names."""
+        fs = self.filesystem(options)
+        bucket, key, _ = fs.split_path(str(record["target"]))
+        # Uploads first, markers second: every writer stores its marker before it creates its
+        # upload, so the writer of any upload listed here has its marker in the listing below.
+        candidates = set(pending_uploads(fs, bucket, key)) - set(record.get("known_uploads") or [])
+        if not candidates:
+            return True
+        try:
+            listing: list[dict[str, Any]] = fs.ls(f"{bucket}/{key}".rpartition("/")[0], detail=True, refresh=True)
+        except FileNotFoundError:
+            listing = []
+        for info in listing:
+            path = str(info["name"])
+            if parse_temp_name(path.rpartition("/")[2]) is None:
+                continue
+            try:
+                other: dict[str, Any] = json.loads(fs.cat_file(path))
+            except (FileNotFoundError, ValueError):
+                continue
+            if fs.split_path(str(other.get("target", "")))[:2] != (bucket, key):
+                continue
+            if other.get("upload_id") is not None:
+                candidates.discard(str(other["upload_id"]))
+            elif may_be_live(path, info):
+                return False  # a live writer may be about to name one of them: next sweep
+        for upload_id in candidates:
+            abort_upload(fs, bucket, key, upload_id)
+        return True

@@ -42,12 +42,23 @@ def dead_temp(directory: Path, name: str, *, host: str | None = None, pid: int =
     return path
 
 
+LOCAL_ROWS = {'open("wb")', 'atomic_open("wb")'}
+S3_ROWS = {'s3 fs.open("wb")', 's3 atomic_open("wb")'}
+
+
+def s3_demo_available() -> bool:
+    """Whether the demo's S3 part can run here (atomicwrite[demo] installed)."""
+    from atomicwrite._demo import s3_unavailable
+
+    return s3_unavailable() is None
+
+
 def table_rows(stdout: str) -> dict[str, list[str]]:
     """The demo's table rows by method label, cells split on runs of 2+ spaces."""
     rows: dict[str, list[str]] = {}
     for line in stdout.splitlines():
         cells = re.split(r"\s{2,}", line.strip())
-        if len(cells) == 6 and cells[0] in ('open("wb")', 'atomic_open("wb")'):
+        if len(cells) == 6 and cells[0] in LOCAL_ROWS | S3_ROWS:
             rows[cells[0]] = cells
     return rows
 
@@ -69,7 +80,7 @@ def test_help() -> None:
     assert "--dry-run" in sweep_help.stdout
     demo_help = run_cli("demo", "--help")
     assert demo_help.returncode == 0
-    for option in ("--kills", "--size-mb", "--seed", "--dir", "--keep", "--durability"):
+    for option in ("--kills", "--size-mb", "--seed", "--dir", "--keep", "--durability", "--no-s3", "--s3-kills"):
         assert option in demo_help.stdout
 
 
@@ -103,26 +114,58 @@ def test_parse_duration_rejects(text: str) -> None:
 
 def test_demo(tmp_path: Path) -> None:
     started = time.monotonic()
-    result = run_cli("demo", "--kills", "5", "--size-mb", "2", "--seed", "1", "--dir", str(tmp_path))
+    # 6 MiB on S3: more than one 5 MiB part, so atomic_open takes the multipart path.
+    args = ["--kills", "5", "--size-mb", "2", "--s3-kills", "3", "--s3-size-mb", "6", "--seed", "1"]
+    result = run_cli("demo", *args, "--dir", str(tmp_path))
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stdout + result.stderr
     rows = table_rows(result.stdout)
-    assert set(rows) == {'open("wb")', 'atomic_open("wb")'}, result.stdout
+    with_s3 = s3_demo_available()
+    assert set(rows) == (LOCAL_ROWS | S3_ROWS if with_s3 else LOCAL_ROWS), result.stdout
     _, kills, intact, damaged, _, after = rows['atomic_open("wb")']
     assert (kills, intact, damaged, after) == ("5", "5", "0/0/0", "0")
     _, plain_kills, plain_intact, plain_damaged, _, _ = rows['open("wb")']
     assert plain_kills == "5"
     assert int(plain_intact) + sum(map(int, plain_damaged.split("/"))) == 5
+    if with_s3:
+        _, kills, intact, damaged, before, after = rows['s3 atomic_open("wb")']
+        assert (kills, intact, damaged, after) == ("3", "3", "0/0/0", "0"), result.stdout
+        # At most a pending upload and its marker per kill.
+        assert int(before) <= 2 * 3
+        _, naive_kills, naive_intact, naive_damaged, naive_before, naive_after = rows['s3 fs.open("wb")']
+        assert naive_kills == "3"
+        assert int(naive_intact) + sum(map(int, naive_damaged.split("/"))) == 3
+        # sweep() touches no upload it did not start.
+        assert naive_after == naive_before
+    else:
+        assert "s3: skipped" in result.stdout
     # The demo's own directory inside --dir is gone afterwards.
     assert list(tmp_path.iterdir()) == []
-    assert elapsed < 60
+    assert elapsed < 90
+
+
+def test_demo_without_s3_packages_skips_s3(tmp_path: Path) -> None:
+    # moto missing, as if atomicwrite[demo] was not installed: the local part still runs.
+    code = "import sys; sys.modules['moto'] = None; from atomicwrite._cli import main; main()"
+    args = ["demo", "--kills", "1", "--size-mb", "0.1", "--seed", "3", "--dir", str(tmp_path)]
+    env = {k: v for k, v in os.environ.items() if k != "ATOMICWRITE_TEST_VARIANT"}
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120, env=env, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (skipped,) = [line for line in result.stdout.splitlines() if line.startswith("s3:")]
+    assert "skipped" in skipped
+    assert "pip install 'atomicwrite[demo]'" in skipped
+    assert set(table_rows(result.stdout)) == LOCAL_ROWS
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="named temps are the default on Windows")
 def test_demo_named_temps_are_swept(tmp_path: Path) -> None:
     args = ["demo", "--kills", "3", "--size-mb", "1", "--seed", "2", "--dir", str(tmp_path), "--keep", "--named-temps"]
-    result = run_cli(*args)
+    result = run_cli(*args, "--no-s3")
     assert result.returncode == 0, result.stdout + result.stderr
+    assert set(table_rows(result.stdout)) == LOCAL_ROWS
+    assert "s3:" not in result.stdout
     _, kills, intact, damaged, before, after = table_rows(result.stdout)['atomic_open("wb")']
     assert (kills, intact, damaged, after) == ("3", "3", "0/0/0", "0")
     assert int(before) <= 3

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from typing import Any
 
 import pytest
 
-from atomicwrite import atomic_open
+from atomicwrite import atomic_open, atomic_save, sweep
+from atomicwrite._local import host_tag
 from tests._stores import moto_endpoint, s3_options
-from tests.objectstore_contract import MiB, ObjectStoreContract, StoreHandle, unique_prefix
+from tests.objectstore_contract import MiB, ObjectStoreContract, StoreHandle, markers, unique_prefix
 
 __all__ = ["moto_endpoint"]
 
@@ -143,3 +145,63 @@ class TestS3(ObjectStoreContract):
         # 8 MiB parts x (4 in flight + 1 filling + 1 being copied) + 32 MiB for clients and threads.
         assert report["extra_kib"] * 1024 < 8 * MiB * 6 + 32 * MiB, report
         assert store.fs.info(store.url("huge.bin"))["size"] == 256 * MiB
+
+    def test_writer_killed_before_naming_its_upload(self, store: StoreHandle) -> None:
+        """SIGKILL after CreateMultipartUpload, before the marker names the upload: sweep still
+        aborts that upload, and leaves alone one that it did not start."""
+        atomic_save(b"old", store.url("ckpt.bin"), "bytes", storage_options=store.options)
+        key = store.url("ckpt.bin").removeprefix(f"s3://{BUCKET}/")
+        foreign = store.fs.call_s3("create_multipart_upload", Bucket=BUCKET, Key=key)["UploadId"]
+        code = (
+            "import json, os, sys, time\n"
+            "from atomicwrite import atomic_open\n"
+            "from atomicwrite._s3 import S3Backend\n"
+            "create = S3Backend.start\n"
+            "def start_then_hang(self, **kwargs):\n"
+            "    create(self, **kwargs)\n"
+            "    print('created', flush=True)\n"
+            "    time.sleep(600)\n"
+            "S3Backend.start = start_then_hang\n"
+            "f = atomic_open(sys.argv[1], 'wb', storage_options=json.loads(sys.argv[2]))\n"
+            f"f.write(os.urandom({store.multipart_size}))\n"
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, store.url("ckpt.bin"), json.dumps(store.options)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        try:
+            assert proc.stdout.readline().strip() == "created"
+        finally:
+            proc.kill()
+            proc.wait(timeout=30)
+            proc.stdout.close()
+        (left,) = markers(store)
+        assert len(store.pending_uploads()) == 2
+        assert sweep(store.prefix, storage_options=store.options) == [store.url(left)]
+        assert store.pending_uploads() == [foreign]
+        assert markers(store) == []
+        assert store.read("ckpt.bin") == b"old"
+
+    def test_unnamed_upload_waits_for_live_writers(self, store: StoreHandle) -> None:
+        """While a live writer of the same object has not named its upload yet, a dead writer's
+        unnamed upload cannot be told from the live one's: the sweep leaves both for later."""
+        target = store.url("w.bin").removeprefix("s3://")
+        key = target.removeprefix(f"{BUCKET}/")
+        orphan = store.fs.call_s3("create_multipart_upload", Bucket=BUCKET, Key=key)["UploadId"]
+
+        def marker(pid: int) -> str:
+            name = f".w.bin.aw{host_tag()}.{pid}.{os.urandom(4).hex()}.tmp"
+            record = {"target": target, "upload_id": None, "host": host_tag(), "pid": pid, "known_uploads": []}
+            store.fs.pipe_file(store.url(name), json.dumps(record).encode())
+            return name
+
+        dead = marker(2**22 + 4321)
+        live = marker(os.getpid())
+        assert sweep(store.prefix, storage_options=store.options, older_than=0) == []
+        assert store.pending_uploads() == [orphan]
+        store.fs.rm_file(store.url(live))
+        assert sweep(store.prefix, storage_options=store.options, older_than=0) == [store.url(dead)]
+        assert store.pending_uploads() == []
+        assert markers(store) == []
