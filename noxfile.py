@@ -10,6 +10,7 @@ nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
 
 # None: the interpreter nox itself runs on, so `python3 -m nox` works wherever python3 does.
 PYTHON = None
+TORCH = "torch==2.13.0"
 # mkdocstrings-python 1.19 is the first to order the reference by __all__.
 DOCS_REQUIREMENTS = ["mkdocs==1.6.1", "mkdocs-material>=9.5", "mkdocstrings>=1.0", "mkdocstrings-python>=1.19"]
 
@@ -17,7 +18,9 @@ DOCS_REQUIREMENTS = ["mkdocs==1.6.1", "mkdocs-material>=9.5", "mkdocstrings>=1.0
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """The whole test suite.  `nox -s tests -- -m "not slow"` skips the long multi-process tests."""
-    session.install("-e", ".[dev]")
+    # The pinned CPU build first: a bare or newer torch pulls a multi-GB CUDA build.
+    session.install(TORCH)
+    session.install("-e", ".[dev]", "safetensors")
     session.run("pytest", *(session.posargs or ["-q"]))
 
 
@@ -32,7 +35,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
     """mypy --strict for every platform the library runs on."""
-    session.install("-e", ".", "mypy>=1.10")
+    session.install("-e", ".[s3,gcs,azure]", "mypy>=1.10")
     for platform in ("linux", "win32", "darwin"):
         session.run("mypy", "--strict", "--platform", platform, "atomicwrite")
 
