@@ -22,6 +22,7 @@ import atomicwrite._serializers as serializers
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 POSIX_ONLY = "# POSIX only"
+NEEDS_TORCH = "import torch"
 # Labels that would look like Python to a reader but escape this test.
 UNTESTED_PYTHON_LABELS = {"py", "py3", "python3", "pycon", "ipython", "pyi"}
 
@@ -99,6 +100,8 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 def test_example_runs(block: Block, isolated: Path, local_variant: str) -> None:
     if sys.platform == "win32" and POSIX_ONLY in block.code:
         pytest.skip("the example uses POSIX-only features (mode bits, symlinks, signals)")
+    if NEEDS_TORCH in block.code:
+        pytest.importorskip("torch", reason="the example needs torch (pip install torch==2.13.0)")
     # Each example starts from an empty memory:// too, as it does from an empty directory.
     from fsspec.implementations.memory import MemoryFileSystem
 
