@@ -20,7 +20,7 @@ def tests(session: nox.Session) -> None:
     """The whole test suite.  `nox -s tests -- -m "not slow"` skips the long multi-process tests."""
     # The pinned CPU build first: a bare or newer torch pulls a multi-GB CUDA build.
     session.install(TORCH)
-    session.install("-e", ".[dev]", "safetensors")
+    session.install("-e", ".[dev]", "numpy", "safetensors")
     session.run("pytest", *(session.posargs or ["-q"]))
 
 
