@@ -80,6 +80,11 @@ class AtomicOSError(AtomicWriteError, OSError):
 class TargetExistsError(AtomicOSError, FileExistsError):
     """Exclusive creation (mode ``"x"``) found the target already there."""
 
+    @classmethod
+    def at(cls, target: str) -> TargetExistsError:
+        """The error for ``target``, as every strategy reports it."""
+        return cls(_errno.EEXIST, f"cannot create {target!r}: it already exists", target)
+
 
 class TargetNotFoundError(AtomicOSError, FileNotFoundError):
     """The target's directory does not exist (or vanished during the write)."""

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import errno
 import hashlib
 import importlib
 import json
@@ -192,9 +191,7 @@ class GCSBackend(ObjectStoreBackend):
     def _refused(self, exclusive: bool, if_match: object | None) -> AtomicWriteError:
         """The error for a precondition that failed where the pending write cannot translate it."""
         if exclusive:
-            return TargetExistsError(
-                errno.EEXIST, f"cannot create {self._location!r}: it already exists", self._location
-            )
+            return TargetExistsError.at(self._location)
         return ConflictError(
             f"{self._location!r} is no longer at version {if_match!r}; it was left as it is",
             expected=if_match,

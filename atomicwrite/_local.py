@@ -13,12 +13,13 @@ import io
 import os
 import re
 import socket
+import stat
 import time
 import zlib
 from abc import abstractmethod
 from typing import TYPE_CHECKING, Any
 
-from ._errors import ConflictError, TargetIsADirectoryError, os_error
+from ._errors import ConflictError, TargetExistsError, TargetIsADirectoryError, UnsupportedTargetError, os_error
 from ._result import LocalVersion
 from ._strategy import ProgressCallback, Strategy, TargetLock, WriteOptions
 
@@ -158,6 +159,22 @@ class LocalStrategy(Strategy):
         if os.path.basename(path) in ("", ".", ".."):
             raise TargetIsADirectoryError(errno.EISDIR, f"cannot write {location!r}: it names a directory", location)
         return path
+
+    @staticmethod
+    def vet_existing(old: os.stat_result | None, location: str, options: WriteOptions) -> None:
+        """Refuse to replace what must not be (a directory, a device; anything, when exclusive),
+        and check ``if_match`` against the current target's status (``old``, None if absent)."""
+        if old is not None:
+            if stat.S_ISDIR(old.st_mode):
+                raise TargetIsADirectoryError(errno.EISDIR, f"cannot write {location!r}: it is a directory", location)
+            if options.exclusive:
+                raise TargetExistsError.at(location)
+            if not stat.S_ISREG(old.st_mode) and not stat.S_ISLNK(old.st_mode):
+                raise UnsupportedTargetError(
+                    f"cannot replace {location!r}: it is not a regular file (a device, FIFO or socket)"
+                )
+        if options.if_match is not None:
+            require_version(location, options.if_match, None if old is None else LocalVersion.from_stat(old))
 
     @abstractmethod
     def read_link(self, path: str) -> str | None:

@@ -19,7 +19,6 @@ exactly the uploads its markers name: never an upload this library did not start
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import io
 import json
@@ -244,9 +243,7 @@ class ObjectStorePendingWrite(PendingWrite):
     def _translate(self, exc: BaseException) -> BaseException:
         if isinstance(exc, PreconditionFailed):
             if self._options.exclusive:
-                return TargetExistsError(
-                    errno.EEXIST, f"cannot create {self._location!r}: it already exists", self._location
-                )
+                return TargetExistsError.at(self._location)
             return ConflictError(
                 f"{self._location!r} is no longer at version {self._options.if_match!r}; it was left as it is",
                 expected=self._options.if_match,

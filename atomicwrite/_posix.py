@@ -32,8 +32,6 @@ from ._errors import (
     AtomicWriteError,
     DurabilityError,
     TargetExistsError,
-    TargetIsADirectoryError,
-    UnsupportedTargetError,
     os_error,
 )
 from ._local import FRESH_TEMP_GRACE, LocalStrategy, TempFileStream, require_version, temp_name
@@ -179,9 +177,7 @@ class PosixPendingWrite(PendingWrite):
                     try:
                         self._link_tmpfile(fd, self._name)
                     except FileExistsError:
-                        raise TargetExistsError(
-                            errno.EEXIST, f"cannot create {self._location!r}: it already exists", self._location
-                        ) from None
+                        raise TargetExistsError.at(self._location) from None
                     self._finish_publish(fd)
                     return self._after_publish(version)
                 self._temp = self._link_tmpfile_to_temp_name(fd)
@@ -287,7 +283,7 @@ class PosixPendingWrite(PendingWrite):
                 return
             code = ctypes.get_errno()
             if code == errno.EEXIST:
-                raise TargetExistsError(code, f"cannot create {self._location!r}: it already exists", self._location)
+                raise TargetExistsError.at(self._location)
             if code not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
                 raise OSError(code, os.strerror(code), self._location)
         # No RENAME_NOREPLACE here: link(2) also refuses an existing name atomically.  The temp
@@ -296,9 +292,7 @@ class PosixPendingWrite(PendingWrite):
         try:
             os.link(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
         except FileExistsError as exc:
-            raise TargetExistsError(
-                errno.EEXIST, f"cannot create {self._location!r}: it already exists", self._location
-            ) from exc
+            raise TargetExistsError.at(self._location) from exc
         self._temp = None
         with contextlib.suppress(OSError):
             os.unlink(temp, dir_fd=dir_fd)
@@ -389,17 +383,7 @@ class PosixStrategy(LocalStrategy):
             old = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError:
             old = None
-        if old is not None:
-            if stat.S_ISDIR(old.st_mode):
-                raise TargetIsADirectoryError(errno.EISDIR, f"cannot write {location!r}: it is a directory", location)
-            if options.exclusive:
-                raise TargetExistsError(errno.EEXIST, f"cannot create {location!r}: it already exists", location)
-            if not stat.S_ISREG(old.st_mode) and not stat.S_ISLNK(old.st_mode):
-                raise UnsupportedTargetError(
-                    f"cannot replace {location!r}: it is not a regular file (a device, FIFO or socket)"
-                )
-        if options.if_match is not None:
-            require_version(location, options.if_match, None if old is None else LocalVersion.from_stat(old))
+        self.vet_existing(old, location, options)
         return old
 
     def _create_temp(self, dir_fd: int, name: str, location: str) -> tuple[int, str | None]:

@@ -53,7 +53,6 @@ from ._errors import (
     AtomicWriteError,
     DurabilityError,
     TargetExistsError,
-    TargetIsADirectoryError,
     UnsupportedTargetError,
     os_error,
 )
@@ -445,9 +444,7 @@ class WindowsPendingWrite(PendingWrite):
             # Without REPLACE_EXISTING the existence check and the rename are one atomic call.
             code = retry(lambda: kernel32.move_file_ex(temp, target, through), RETRYABLE)
             if code in (ERROR_ALREADY_EXISTS, ERROR_FILE_EXISTS):
-                raise TargetExistsError(
-                    errno.EEXIST, f"cannot create {self._location!r}: it already exists", self._location
-                )
+                raise TargetExistsError.at(self._location)
             if code:
                 raise self._failure(code, "MoveFileExW (exclusive)", RETRYABLE)
             self._published()
@@ -683,15 +680,7 @@ class WindowsStrategy(LocalStrategy):
             old = None
         except OSError as exc:
             raise os_error(exc, location, "reading the target's status") from exc
-        if old is not None:
-            if stat.S_ISDIR(old.st_mode):
-                raise TargetIsADirectoryError(errno.EISDIR, f"cannot write {location!r}: it is a directory", location)
-            if options.exclusive:
-                raise TargetExistsError(errno.EEXIST, f"cannot create {location!r}: it already exists", location)
-            if not stat.S_ISREG(old.st_mode) and not stat.S_ISLNK(old.st_mode):
-                raise UnsupportedTargetError(f"cannot replace {location!r}: it is not a regular file (a device?)")
-        if options.if_match is not None:
-            require_version(location, options.if_match, None if old is None else LocalVersion.from_stat(old))
+        self.vet_existing(old, location, options)
         return old
 
     def _create_temp(self, target: str, location: str) -> tuple[int, str]:
