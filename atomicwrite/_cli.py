@@ -1,16 +1,23 @@
 """The ``atomicwrite`` command line (``python -m atomicwrite`` too).
 
 ``atomicwrite demo`` kills writers mid-save and shows what plain ``open()`` and ``atomic_open``
-leave behind; ``atomicwrite sweep PATH`` removes the temp files that dead writers left.
+leave behind; ``atomicwrite sweep PATH`` removes the temp files that dead writers left;
+``doctor`` probes what holds at a location, ``verify`` checks a file's integrity, ``cp`` copies
+into an atomic write.
 
 Errors print one line on stderr: exit status 1 for a failed operation (an
 :class:`~atomicwrite.AtomicWriteError` or an ``OSError``), 2 for a usage error.  ``--debug``
-shows the traceback instead.  This is the only module that imports click.
+shows the traceback instead.  This is the only module that imports click (and rich, lazily:
+only the commands that draw tables or progress bars load it).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
+import sys
+from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
 import click
@@ -18,7 +25,11 @@ import click
 from . import __version__
 from ._errors import AtomicWriteError
 
-__all__ = ["main", "parse_duration"]
+__all__ = ["main", "parse_duration", "parse_storage_options"]
+
+#: Exit status of doctor when the probes ran but not every guarantee holds, and of verify when
+#: no check applied (1 stays "failed": an error, or a torn file).
+EXIT_WEAKER = 3
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
@@ -38,6 +49,50 @@ def parse_duration(text: str) -> float:
     if not parts:
         return float(cleaned)
     return sum(float(number) * _UNITS[unit] for number, unit in parts)
+
+
+def parse_storage_options(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs as storage_options; a VALUE that parses as JSON is taken as JSON
+    (numbers, booleans, objects such as ``client_kwargs={"endpoint_url": "..."}``), else as text.
+
+    Raises ValueError for a pair without ``=``.
+    """
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{pair!r} is not KEY=VALUE")
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value
+    return options
+
+
+def _options_callback(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> dict[str, Any]:
+    try:
+        return parse_storage_options(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from exc
+
+
+def _storage_option(*names: str, help: str) -> Callable[[Any], Any]:
+    return click.option(*names, multiple=True, metavar="KEY=VALUE", callback=_options_callback, help=help)
+
+
+_STORAGE_HELP = (
+    'A storage option for fsspec (repeatable): key=testing, client_kwargs=\'{"endpoint_url": "http://..."}\'.'
+    " VALUE is JSON if it parses as JSON."
+)
+
+
+def _console(*, stderr: bool = False) -> Any:
+    """A rich console: colours and live output only on a terminal, stable width elsewhere."""
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    terminal = stream.isatty()
+    return Console(file=stream, highlight=False, width=None if terminal else 120, soft_wrap=False)
 
 
 if TYPE_CHECKING:
@@ -116,7 +171,7 @@ class _Group(click.Group):
             raise
         except click.UsageError as exc:
             raise _usage_line(exc) from exc
-        except (AtomicWriteError, OSError, DemoError) as exc:
+        except (AtomicWriteError, OSError, DemoError, ImportError) as exc:
             if ctx.params.get("debug"):
                 raise
             raise _OneLineError(f"atomicwrite: error: {_describe(exc)}") from exc
@@ -131,6 +186,7 @@ def main(debug: bool) -> None:
 
 @main.command("sweep")
 @click.argument("path")
+@_storage_option("-o", "--storage-option", "storage", help=_STORAGE_HELP)
 @click.option(
     "--older-than",
     type=Duration(),
@@ -140,7 +196,7 @@ def main(debug: bool) -> None:
     " unmodified this long: 30s, 10m, 1h, 2d...",
 )
 @click.option("--dry-run", is_flag=True, help="Print what would be removed; remove nothing.")
-def sweep_command(path: str, older_than: float, dry_run: bool) -> None:
+def sweep_command(path: str, older_than: float, dry_run: bool, storage: dict[str, Any]) -> None:
     """Remove the temp files that dead writers left in PATH (a directory or a URL).
 
     Only atomicwrite's own leftovers are touched, never a user's file and never the temp of a
@@ -148,7 +204,7 @@ def sweep_command(path: str, older_than: float, dry_run: bool) -> None:
     """
     from . import sweep
 
-    removed = sweep(path, older_than=older_than, dry_run=dry_run)
+    removed = sweep(path, older_than=older_than, dry_run=dry_run, storage_options=storage)
     for entry in removed:
         click.echo(entry)
     verb = "would remove" if dry_run else "removed"
@@ -236,3 +292,165 @@ def demo_command(
         echo=click.echo,
     )
     ctx.exit(code)
+
+
+_MARK = {"yes": "[green]yes[/]", "no": "[red]no[/]", "n/a": "[dim]n/a[/]", "info": ""}
+
+
+@main.command("doctor")
+@click.argument("path")
+@_storage_option("-o", "--storage-option", "storage", help=_STORAGE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--no-multipart", is_flag=True, help="Object stores: skip the multi-part probes (they upload a few MiB).")
+@click.pass_context
+def doctor_command(ctx: click.Context, path: str, storage: dict[str, Any], as_json: bool, no_multipart: bool) -> None:
+    """Probe PATH (a directory, a file's directory, or a store URL such as s3://bucket/prefix)
+    and print what atomic_open guarantees there.
+
+    Scratch files (objects) are created there and always removed.  Local: file system type,
+    rename, O_TMPFILE, RENAME_NOREPLACE, hard links, fsync latency, directory fsync, flock,
+    symlinks, free space.  Stores: conditional create and compare-and-swap, tried on a scratch
+    key, multi-part limits, and cleanup after a failed write.
+
+    Exit status: 0 when every guarantee holds, 3 when some do not, 1 on an error.
+    """
+    from ._doctor import diagnose
+
+    report = diagnose(path, storage_options=storage, multipart=not no_multipart)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2, default=str))
+    else:
+        _print_doctor(report)
+    ctx.exit(0 if report.full else EXIT_WEAKER)
+
+
+def _print_doctor(report: Any) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = _console()
+    checks = Table(title=f"atomicwrite doctor: {escape(report.probed)} ({report.kind})", title_justify="left")
+    checks.add_column("check")
+    checks.add_column("result")
+    checks.add_column("detail")
+    for check in report.checks:
+        checks.add_row(escape(check.label), _MARK[check.status], escape(check.detail))
+    console.print(checks)
+    matrix = Table(title="guarantees atomic_open gives here", title_justify="left")
+    matrix.add_column("guarantee")
+    matrix.add_column("holds")
+    matrix.add_column("how")
+    for guarantee in report.guarantees:
+        holds = {True: "[green]yes[/]", False: "[red]no[/]", None: "[yellow]unconfirmed[/]"}[guarantee.holds]
+        matrix.add_row(escape(guarantee.label), holds, escape(guarantee.detail))
+    console.print(matrix)
+    options = ", ".join(f"{key}={value!r}" for key, value in report.options.items()) or "the defaults"
+    console.print(f"recommended atomic_open options: {escape(options)}")
+    for line in report.recommendations:
+        console.print(f"- {escape(line)}")
+    verdict = "[green]full guarantees[/]" if report.full else "[yellow]not every guarantee holds[/]"
+    console.print(f"verdict: {verdict}")
+
+
+@main.command("verify")
+@click.argument("path")
+@_storage_option("-o", "--storage-option", "storage", help=_STORAGE_HELP)
+@click.option("--full", is_flag=True, help="Torch checkpoints: also torch.load them (needs torch).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def verify_command(ctx: click.Context, path: str, storage: dict[str, Any], full: bool, as_json: bool) -> None:
+    """Check that the file or object PATH is complete.
+
+    A torch checkpoint's zip structure and CRCs; a checksum recorded with the object (S3's
+    x-amz-checksum-*, which atomicwrite's S3 writes record) or in a NAME.sha256 file beside it.
+
+    Exit status: 0 intact (a check passed, none failed), 1 torn or an error, 3 unverified (no
+    check applies).
+    """
+    from ._verify import verify
+
+    report = verify(path, storage_options=storage, full=full)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        for check in report.checks:
+            mark = {True: "ok", False: "FAILED", None: "-"}[check.ok]
+            click.echo(f"{check.name}: {mark}: {check.detail}")
+        click.echo(f"{path}: {report.verdict}")
+    ctx.exit({"ok": 0, "torn": 1, "unverified": EXIT_WEAKER}[report.verdict])
+
+
+@main.command("cp")
+@click.argument("source")
+@click.argument("destination")
+@_storage_option("-o", "--storage-option", "storage", help="Storage option for both sides. " + _STORAGE_HELP)
+@_storage_option("--src-option", "source_storage", help="Storage option for SOURCE only (repeatable).")
+@_storage_option("--dst-option", "destination_storage", help="Storage option for DESTINATION only (repeatable).")
+@click.option("-x", "--exclusive", is_flag=True, help="Fail if DESTINATION exists (mode 'xb').")
+@click.option(
+    "--durability", type=click.Choice(["none", "file", "full"]), default="full", show_default=True, help="Flushing."
+)
+@click.option("--accept-weaker-durability", is_flag=True, help="Report weaker durability instead of failing.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
+def cp_command(
+    *,
+    source: str,
+    destination: str,
+    storage: dict[str, Any],
+    source_storage: dict[str, Any],
+    destination_storage: dict[str, Any],
+    exclusive: bool,
+    durability: str,
+    accept_weaker_durability: bool,
+    quiet: bool,
+) -> None:
+    """Copy SOURCE (a path or any fsspec URL) to DESTINATION atomically: readers of DESTINATION
+    see its old content or the complete copy, never a part of it.
+
+    A DESTINATION that ends with / or is an existing directory gets SOURCE's name.  The bytes
+    are streamed (a progress bar on a terminal); nothing but the content is copied.
+    """
+    from ._copy import copy
+
+    console = _console(stderr=True)
+    bar: Any = None
+    if console.is_terminal and not quiet:
+        from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+        bar = Progress(
+            "{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
+
+    def progress(total: int | None) -> Any:
+        return _BarCallback(bar, bar.add_task("copying", total=total))
+
+    with bar if bar is not None else contextlib.nullcontext():
+        result = copy(
+            source,
+            destination,
+            source_options={**storage, **source_storage},
+            destination_options={**storage, **destination_storage},
+            exclusive=exclusive,
+            durability=durability,  # type: ignore[arg-type]  # one of click.Choice's
+            accept_weaker_durability=accept_weaker_durability,
+            progress=progress if bar is not None else None,
+        )
+    if not quiet:
+        click.echo(f"{result.target}: {result.bytes_written} bytes, durability {result.durability!r}")
+
+
+class _BarCallback:
+    """atomic_open's progress callback, drawn by a rich progress bar (thread-safe)."""
+
+    def __init__(self, bar: Any, task: Any) -> None:
+        self._bar = bar
+        self._task = task
+
+    def relative_update(self, inc: int = 1) -> None:
+        self._bar.advance(self._task, inc)

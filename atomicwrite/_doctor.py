@@ -1,0 +1,846 @@
+"""``atomicwrite doctor``: what [`atomic_open`][atomicwrite.atomic_open] guarantees at one location,
+found by trying it there.
+
+Every answer comes from a probe on the real location: scratch files in the target directory (or
+scratch objects under the target prefix), written with the library's own strategy where it can
+be, and with the raw system call where the question is about the system call.  Scratch entries
+are named like the library's temp files (``.atomicwrite-doctor.aw{host}.{pid}.{random}.tmp``)
+and removed before returning, whatever happens; a doctor killed mid-probe leaves files that
+[`sweep`][atomicwrite.sweep] recognises.  Nothing here imports click or rich.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ._api import atomic_open
+from ._errors import (
+    AtomicPermissionError,
+    ConflictError,
+    TargetExistsError,
+    TargetNotFoundError,
+    UnsupportedTargetError,
+)
+from ._local import LocalStrategy, temp_name
+from ._objectstore import MiB, ObjectStoreStrategy
+from ._result import CommitResult
+from ._strategy import WriteOptions, resolve_target
+
+__all__ = ["Check", "DoctorReport", "Guarantee", "diagnose", "filesystem_type"]
+
+Status = Literal["yes", "no", "n/a", "info"]
+
+_SCRATCH = "atomicwrite-doctor"
+_FSYNC_SAMPLES = 5
+_PAYLOAD = b"atomicwrite doctor\n" * 215  # about 4 KiB: one page
+
+# statfs(2) f_type magic numbers (linux/magic.h and the file systems' own headers).
+FS_MAGIC: dict[int, str] = {
+    0xEF53: "ext2/ext3/ext4",
+    0x58465342: "xfs",
+    0x9123683E: "btrfs",
+    0x2FC12FC1: "zfs",
+    0xF2F52010: "f2fs",
+    0x01021994: "tmpfs",
+    0x858458F6: "ramfs",
+    0x794C7630: "overlayfs",
+    0x6969: "nfs",
+    0xFF534D42: "cifs",
+    0xFE534D42: "smb2",
+    0x517B: "smbfs",
+    0x65735546: "fuse",
+    0x01021997: "9p",
+    0x786F4256: "vboxsf",
+    0x00C36400: "ceph",
+    0x0BD00BD0: "lustre",
+    0x01161970: "gfs2",
+    0x4D44: "vfat",
+    0x2011BAB0: "exfat",
+    0x5346544E: "ntfs",
+    0x73717368: "squashfs",
+    0x5A3C69F0: "aufs",
+    0x6E667364: "nfsd",
+}
+_MEMORY_BACKED = {"tmpfs", "ramfs", "devtmpfs"}
+_NETWORK = {"nfs", "nfs4", "cifs", "smb2", "smb3", "smbfs", "9p", "vboxsf", "ceph", "lustre", "gfs2", "drvfs"}
+
+
+@dataclass(frozen=True)
+class Check:
+    """One probe: ``status`` is ``"yes"``, ``"no"``, ``"n/a"`` or ``"info"`` (a measurement)."""
+
+    key: str
+    label: str
+    status: Status
+    detail: str
+    value: Any = None
+
+
+@dataclass(frozen=True)
+class Guarantee:
+    """One column of the guarantee matrix at this location: ``holds`` is None when it cannot be
+    confirmed from here."""
+
+    key: str
+    label: str
+    holds: bool | None
+    detail: str
+
+
+@dataclass
+class DoctorReport:
+    """What `diagnose` found at one location."""
+
+    target: str
+    probed: str
+    kind: Literal["local", "object store"]
+    strategy: str
+    checks: list[Check] = field(default_factory=list)
+    guarantees: list[Guarantee] = field(default_factory=list)
+    recommendations: list[str] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def full(self) -> bool:
+        """Whether every guarantee holds here."""
+        return bool(self.guarantees) and all(g.holds is True for g in self.guarantees)
+
+    def check(self, key: str) -> Check:
+        return next(c for c in self.checks if c.key == key)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "probed": self.probed,
+            "kind": self.kind,
+            "strategy": self.strategy,
+            "checks": {
+                c.key: {"label": c.label, "status": c.status, "detail": c.detail, "value": c.value} for c in self.checks
+            },
+            "guarantees": {g.key: {"label": g.label, "holds": g.holds, "detail": g.detail} for g in self.guarantees},
+            "recommended_options": self.options,
+            "recommendations": self.recommendations,
+            "full_guarantees": self.full,
+        }
+
+
+def diagnose(target: str, *, storage_options: Mapping[str, Any] | None = None, multipart: bool = True) -> DoctorReport:
+    """Probe ``target`` (a directory, a file whose directory is probed, or a store URL/prefix)."""
+    strategy, location = resolve_target(target)
+    if isinstance(strategy, ObjectStoreStrategy):
+        return _diagnose_store(target, strategy, location, dict(storage_options or {}), multipart=multipart)
+    if isinstance(strategy, LocalStrategy):
+        return _diagnose_local(target, strategy, location)
+    raise UnsupportedTargetError(f"{target!r}: doctor knows local paths and object stores, not {strategy.name!r}")
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _errno_name(exc: OSError) -> str:
+    return errno.errorcode.get(exc.errno or 0, str(exc.errno))
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+class _Scratch:
+    """Names of scratch entries in one directory; `cleanup` removes whichever exist."""
+
+    def __init__(self, remove: Callable[[str], None]) -> None:
+        self._remove = remove
+        self.names: list[str] = []
+
+    def new(self) -> str:
+        name = temp_name(_SCRATCH)
+        self.names.append(name)
+        return name
+
+    def cleanup(self) -> None:
+        for name in reversed(self.names):
+            with contextlib.suppress(FileNotFoundError, OSError):
+                self._remove(name)
+
+
+# --- local file systems ----------------------------------------------------------------------
+
+
+def filesystem_type(path: str) -> dict[str, Any]:
+    """``{"type", "magic", "mount_point", "source"}`` of the file system holding ``path``.
+
+    ``magic`` is statfs(2)'s ``f_type`` (Linux); ``type`` is the mount table's name for it
+    (``/proc/self/mountinfo``: "ext4" where the magic number only says ext2/3/4), else the name
+    of the magic number.  Elsewhere both may be None.
+    """
+    info: dict[str, Any] = {"type": None, "magic": None, "mount_point": None, "source": None}
+    if sys.platform == "linux":
+        magic = _statfs_magic(path)
+        if magic is not None:
+            info["magic"] = f"0x{magic:x}"
+            info["type"] = FS_MAGIC.get(magic)
+        mount = _mount_of(path)
+        if mount is not None:
+            info["mount_point"], fstype, info["source"] = mount
+            info["type"] = fstype
+    return info
+
+
+def _statfs_magic(path: str) -> int | None:
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        statfs = libc.statfs
+    except (OSError, AttributeError):
+        return None
+    # struct statfs starts with f_type (a long on every Linux ABI); 256 bytes covers the rest.
+    buffer = ctypes.create_string_buffer(256)
+    statfs.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
+    statfs.restype = ctypes.c_int
+    if statfs(os.fsencode(path), buffer) != 0:
+        return None
+    magic = ctypes.c_ulong.from_buffer(buffer).value
+    return magic & 0xFFFFFFFF
+
+
+def _mount_of(path: str) -> tuple[str, str, str] | None:
+    """``(mount point, fstype, source)`` from /proc/self/mountinfo: the entry whose device is
+    ``path``'s, else the longest mount point that contains it."""
+    if sys.platform == "win32":
+        return None
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as table:
+            lines = table.read().splitlines()
+        device = os.stat(path).st_dev
+    except OSError:
+        return None
+    real = os.path.realpath(path)
+    by_device: list[tuple[str, str, str]] = []
+    by_prefix: list[tuple[str, str, str]] = []
+    for line in lines:
+        left, sep, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if not sep or len(fields) < 5 or len(tail) < 2:
+            continue
+        point = fields[4].encode().decode("unicode_escape")  # \040 for spaces and the like
+        entry = (point, tail[0], tail[1])
+        major, _, minor = fields[2].partition(":")
+        if (int(major), int(minor)) == (os.major(device), os.minor(device)) and _contains(point, real):
+            by_device.append(entry)
+        if _contains(point, real):
+            by_prefix.append(entry)
+    # The last matching entry wins: later mounts hide earlier ones on the same point.
+    for candidates in (by_device, by_prefix):
+        if candidates:
+            return max(enumerate(candidates), key=lambda item: (len(item[1][0]), item[0]))[1]
+    return None
+
+
+def _contains(mount_point: str, path: str) -> bool:
+    return path == mount_point or path.startswith(mount_point.rstrip("/") + "/")
+
+
+def _probe_directory(strategy: LocalStrategy, location: str, target: str) -> str:
+    """The directory a write to ``location`` would use: the directory itself, or the parent of
+    a file (through its symlinks)."""
+    path = strategy.absolute(location)
+    if os.path.isdir(path):
+        return path
+    directory = os.path.dirname(strategy.resolve(location, True))
+    if not os.path.isdir(directory):
+        raise TargetNotFoundError(errno.ENOENT, f"cannot probe {target!r}: no such directory", directory)
+    return directory
+
+
+def _diagnose_local(target: str, strategy: LocalStrategy, location: str) -> DoctorReport:
+    directory = _probe_directory(strategy, location, target)
+    report = DoctorReport(target=target, probed=directory, kind="local", strategy=strategy.name)
+    scratch = _Scratch(lambda name: os.unlink(os.path.join(directory, name)))
+    try:
+        _probe_local(report, strategy, directory, scratch)
+    finally:
+        scratch.cleanup()
+    return report
+
+
+def _probe_local(report: DoctorReport, strategy: LocalStrategy, directory: str, scratch: _Scratch) -> None:
+    add = report.checks.append
+    fs = filesystem_type(directory)
+    fstype = fs["type"] or "unknown"
+    detail = fstype + (f" (statfs magic {fs['magic']})" if fs["magic"] else "")
+    if fs["mount_point"]:
+        detail += f", mounted on {fs['mount_point']}"
+    add(Check("filesystem", "file system", "info", detail, fs))
+
+    # The real protocol first: everything else explains what it found.
+    first = scratch.new()
+    try:
+        written = _atomic_write(os.path.join(directory, first), _PAYLOAD)
+    except AtomicPermissionError as exc:
+        raise AtomicPermissionError(exc.errno, f"cannot probe {directory!r}: {exc.strerror}", directory) from exc
+    with open(os.path.join(directory, first), "rb") as check:
+        intact = check.read() == _PAYLOAD
+    add(
+        Check(
+            "atomic_write",
+            "atomic_open round trip",
+            "yes" if intact else "no",
+            f"strategy {written.strategy!r}, durability achieved {written.durability!r}",
+            {"strategy": written.strategy, "durability": written.durability},
+        )
+    )
+    latencies = []
+    for _ in range(_FSYNC_SAMPLES):
+        started = time.perf_counter()
+        _atomic_write(os.path.join(directory, first), _PAYLOAD)
+        latencies.append(time.perf_counter() - started)
+    latency = _ms(statistics.median(latencies))
+    add(Check("atomic_write_latency_ms", "atomic 4 KiB write (median)", "info", f"{latency} ms", latency))
+
+    second = scratch.new()
+    with open(os.path.join(directory, second), "wb") as f:
+        f.write(b"old")
+    renamed = scratch.new()
+    try:
+        os.rename(os.path.join(directory, second), os.path.join(directory, renamed))
+        with open(os.path.join(directory, renamed), "rb") as f:
+            ok = f.read() == b"old"
+        add(Check("rename", "same-directory rename", "yes" if ok else "no", "rename(2) within the directory"))
+    except OSError as exc:
+        add(Check("rename", "same-directory rename", "no", f"rename(2) failed: {_errno_name(exc)}"))
+
+    if sys.platform == "win32":
+        for key, label in (
+            ("o_tmpfile", "O_TMPFILE"),
+            ("rename_noreplace", "RENAME_NOREPLACE"),
+            ("hard_links", "hard links"),
+            ("fsync_latency_ms", "fsync latency"),
+            ("dir_fsync", "directory fsync"),
+            ("flock", "flock"),
+        ):
+            add(Check(key, label, "n/a", "POSIX only; Windows uses MoveFileExW write-through"))
+    else:
+        _probe_posix_calls(report, directory, scratch, renamed, first)
+
+    link = scratch.new()
+    try:
+        os.symlink(first, os.path.join(directory, link))
+        ok = os.readlink(os.path.join(directory, link)) == first
+        add(Check("symlinks", "symlinks", "yes" if ok else "no", "written through to their target by default"))
+    except (OSError, NotImplementedError) as exc:
+        reason = _errno_name(exc) if isinstance(exc, OSError) else "not implemented"
+        add(Check("symlinks", "symlinks", "no", f"symlink() refused: {reason}"))
+
+    exclusive_ok = _expect(
+        lambda: _atomic_write(os.path.join(directory, first), b"x", mode="xb"), TargetExistsError
+    ) and _unchanged(os.path.join(directory, first), _PAYLOAD)
+    add(
+        Check(
+            "exclusive_create",
+            "exclusive create (mode 'xb')",
+            "yes" if exclusive_ok else "no",
+            "refused on an existing file, which was left as it was"
+            if exclusive_ok
+            else "an existing file was replaced",
+        )
+    )
+    stale = _atomic_write(os.path.join(directory, first), _PAYLOAD).version
+    _atomic_write(os.path.join(directory, first), _PAYLOAD)
+    cas_ok = _expect(
+        lambda: _atomic_write(os.path.join(directory, first), b"x", if_match=stale), ConflictError
+    ) and _unchanged(os.path.join(directory, first), _PAYLOAD)
+    add(
+        Check(
+            "compare_and_swap",
+            "compare-and-swap (if_match=)",
+            "yes" if cas_ok else "no",
+            "a stale version was refused" if cas_ok else "a stale version was accepted",
+        )
+    )
+
+    usage = shutil.disk_usage(directory)
+    add(Check("free_space", "free space", "info", f"{_size(usage.free)} of {_size(usage.total)}", usage.free))
+    _local_guarantees(report, strategy, fstype, written)
+
+
+def _probe_posix_calls(report: DoctorReport, directory: str, scratch: _Scratch, existing: str, other: str) -> None:
+    """The system calls the POSIX protocol relies on, each tried on scratch files."""
+    if sys.platform == "win32":  # keeps mypy --platform win32 out of the POSIX calls
+        return
+    else:
+        import fcntl
+
+        from ._posix import _NO_DIR_FSYNC, _NO_TMPFILE, _load_rename_exclusive, _sync
+
+        add = report.checks.append
+        dir_fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | os.O_CLOEXEC)
+        try:
+            if sys.platform == "linux":
+                try:
+                    os.close(os.open(".", os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600, dir_fd=dir_fd))
+                    add(Check("o_tmpfile", "O_TMPFILE", "yes", "unnamed temp files: a killed writer leaves nothing"))
+                except OSError as exc:
+                    if exc.errno not in _NO_TMPFILE:
+                        raise
+                    add(Check("o_tmpfile", "O_TMPFILE", "no", f"refused ({_errno_name(exc)}): temp files are named"))
+            else:
+                add(Check("o_tmpfile", "O_TMPFILE", "n/a", "Linux only: temp files are named"))
+
+            import ctypes
+
+            rename_exclusive, flag = _load_rename_exclusive()
+            fresh = scratch.new()
+            if rename_exclusive is None:
+                add(
+                    Check("rename_noreplace", "RENAME_NOREPLACE", "no", "not in this C library: link() is used instead")
+                )
+            else:
+                refused = rename_exclusive(dir_fd, os.fsencode(existing), dir_fd, os.fsencode(other), flag)
+                code = ctypes.get_errno()
+                if refused == 0:
+                    add(Check("rename_noreplace", "RENAME_NOREPLACE", "no", "replaced an existing name: not honoured"))
+                elif code != errno.EEXIST:
+                    reason = errno.errorcode.get(code, str(code))
+                    add(
+                        Check(
+                            "rename_noreplace", "RENAME_NOREPLACE", "no", f"refused ({reason}): link() is used instead"
+                        )
+                    )
+                else:
+                    moved = rename_exclusive(dir_fd, os.fsencode(existing), dir_fd, os.fsencode(fresh), flag) == 0
+                    add(
+                        Check(
+                            "rename_noreplace",
+                            "RENAME_NOREPLACE",
+                            "yes" if moved else "no",
+                            "renameat2 refuses an existing name (EEXIST)"
+                            if moved
+                            else "renameat2 failed on a new name",
+                        )
+                    )
+            hard = scratch.new()
+            try:
+                os.link(other, hard, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                add(Check("hard_links", "hard links", "yes", "link(2): the exclusive-create fallback, and O_TMPFILE's"))
+            except OSError as exc:
+                add(Check("hard_links", "hard links", "no", f"link(2) refused: {_errno_name(exc)}"))
+
+            sample = scratch.new()
+            fd = os.open(sample, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+            try:
+                timings = []
+                try:
+                    for _ in range(_FSYNC_SAMPLES):
+                        os.write(fd, _PAYLOAD)
+                        started = time.perf_counter()
+                        _sync(fd)
+                        timings.append(time.perf_counter() - started)
+                    median = _ms(statistics.median(timings))
+                    add(Check("fsync_latency_ms", "fsync latency (4 KiB, median)", "info", f"{median} ms", median))
+                except OSError as exc:
+                    add(
+                        Check(
+                            "fsync_latency_ms",
+                            "fsync latency (4 KiB, median)",
+                            "no",
+                            f"fsync failed: {_errno_name(exc)}",
+                        )
+                    )
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    add(Check("flock", "flock", "yes", "sweep tells a live writer's temp file by its lock"))
+                except OSError as exc:
+                    add(Check("flock", "flock", "no", f"refused ({_errno_name(exc)}): sweep falls back to pid and age"))
+            finally:
+                os.close(fd)
+            try:
+                _sync(dir_fd)
+                add(
+                    Check("dir_fsync", "directory fsync", "yes", "accepted: the new name is flushed with its directory")
+                )
+            except OSError as exc:
+                if exc.errno not in _NO_DIR_FSYNC:
+                    raise
+                add(Check("dir_fsync", "directory fsync", "no", f"refused ({_errno_name(exc)})", _errno_name(exc)))
+        finally:
+            os.close(dir_fd)
+
+
+def _atomic_write(
+    path: str, data: bytes, *, mode: Literal["wb", "xb"] = "wb", if_match: object | None = None
+) -> CommitResult:
+    with atomic_open(path, mode, accept_weaker_durability=True, if_match=if_match) as f:
+        f.write(data)
+    assert f.result is not None
+    return f.result
+
+
+def _expect(action: Callable[[], object], error: type[BaseException]) -> bool:
+    """Whether ``action`` raised ``error`` (any other error propagates)."""
+    try:
+        action()
+    except error:
+        return True
+    return False
+
+
+def _unchanged(path: str, expected: bytes) -> bool:
+    with open(path, "rb") as f:
+        return f.read() == expected
+
+
+def _status(report: DoctorReport, key: str) -> Status | None:
+    found = [c.status for c in report.checks if c.key == key]
+    return found[0] if found else None
+
+
+def _local_guarantees(report: DoctorReport, strategy: LocalStrategy, fstype: str, written: CommitResult) -> None:
+    def yes(key: str) -> bool:
+        return _status(report, key) == "yes"
+
+    add, advise = report.guarantees.append, report.recommendations.append
+    fuse = fstype == "fuse" or fstype.startswith("fuse.")
+    atomic = yes("rename") and yes("atomic_write")
+    if fuse:
+        add(Guarantee("atomic", "atomic", None, f"{fstype}: rename's atomicity is up to the FUSE daemon"))
+        advise(
+            "FUSE mounts of object stores (s3fs-fuse, gcsfuse...) rename by copying: write to the store's URL instead"
+        )
+    else:
+        add(Guarantee("atomic", "atomic", atomic, "rename(2) in the target's directory" if atomic else "rename failed"))
+
+    memory = fstype in _MEMORY_BACKED
+    if memory:
+        add(Guarantee("durable", "durable", False, f"{fstype} lives in memory: nothing here survives a reboot"))
+        advise(
+            f"{fstype} is memory-backed: durability='none' costs nothing more here;"
+            " keep checkpoints on persistent storage"
+        )
+        report.options["durability"] = "none"
+    elif written.durability == "full":
+        add(Guarantee("durable", "durable", True, "file and directory fsync"))
+    else:
+        add(Guarantee("durable", "durable", False, f"{written.durability!r} only: the directory fsync is refused"))
+        advise("the directory cannot be flushed: pass accept_weaker_durability=True (or expect DurabilityError)")
+        report.options["accept_weaker_durability"] = True
+
+    exclusive = yes("exclusive_create")
+    how = "renameat2(RENAME_NOREPLACE)" if yes("rename_noreplace") else "link(2)"
+    if yes("o_tmpfile") and sys.platform == "linux":
+        how = "linkat(2) of the O_TMPFILE"
+    add(Guarantee("exclusive_create", "exclusive create", exclusive, how if exclusive else "not honoured here"))
+    cas = yes("compare_and_swap")
+    add(
+        Guarantee(
+            "compare_and_swap",
+            "compare-and-swap",
+            cas,
+            ("race-free with lock=True" if yes("flock") or sys.platform == "win32" else "checked; no locks here")
+            if cas
+            else "a stale version was accepted",
+        )
+    )
+    add(Guarantee("streaming", "streaming memory", True, "1 MiB buffer, whatever the file size"))
+    if yes("o_tmpfile") and getattr(strategy, "use_tmpfile", False):
+        add(Guarantee("cleanup", "cleanup", True, "O_TMPFILE: a killed writer leaves nothing"))
+    elif yes("flock") or sys.platform == "win32":
+        add(Guarantee("cleanup", "cleanup", True, "named temp files; sweep removes dead writers' leftovers"))
+        advise(f"run `atomicwrite sweep {report.probed}` after crashes to remove killed writers' temp files")
+    else:
+        add(Guarantee("cleanup", "cleanup", False, "no locks: sweep can only judge leftovers by pid and age"))
+    if fstype in _NETWORK:
+        advise(
+            f"{fstype} is a network file system: readers on other machines may see the old file until their"
+            " attribute cache expires, and lock=True relies on the server's locking"
+        )
+    if not report.recommendations:
+        advise("the defaults (durability='full') give every guarantee here")
+
+
+# --- object stores ---------------------------------------------------------------------------
+
+
+# Per protocol: (smallest part, largest part, most parts) of a multi-part upload, or None.
+def _part_limits(strategy: ObjectStoreStrategy) -> tuple[int, int | None, int | None] | None:
+    if strategy.protocol == "s3":
+        from ._s3 import MAX_PARTS, MIN_PART
+
+        return MIN_PART, 5 << 30, MAX_PARTS
+    if strategy.protocol == "gcs":
+        from ._gcs import CHUNK_QUANTUM
+
+        return CHUNK_QUANTUM, None, None
+    if strategy.protocol in ("az", "abfs"):
+        from ._azure import MAX_BLOCKS, MAX_PART, MIN_PART
+
+        return MIN_PART, MAX_PART, MAX_BLOCKS
+    return None
+
+
+# The largest single object each store accepts.
+_MAX_OBJECT = {"s3": 5 << 40, "gcs": 5 << 40, "az": 190_700 << 30, "abfs": 190_700 << 30}
+
+
+def _diagnose_store(
+    target: str, strategy: ObjectStoreStrategy, location: str, storage: dict[str, Any], *, multipart: bool
+) -> DoctorReport:
+    fs = strategy.filesystem(WriteOptions(storage_options=storage))
+    prefix = location.rstrip("/")
+    with contextlib.suppress(FileNotFoundError):
+        if fs.isfile(prefix):
+            prefix = prefix.rpartition("/")[0]
+    if not fs._strip_protocol(prefix).strip("/"):
+        raise UnsupportedTargetError(f"{target!r}: name a bucket or a prefix in it")
+    report = DoctorReport(target=target, probed=prefix + "/", kind="object store", strategy=strategy.name)
+    scratch = _Scratch(lambda name: fs.rm_file(f"{prefix}/{name}"))
+    try:
+        _probe_store(
+            report, strategy=strategy, fs=fs, prefix=prefix, storage=storage, scratch=scratch, multipart=multipart
+        )
+    finally:
+        scratch.cleanup()
+    return report
+
+
+def _probe_store(
+    report: DoctorReport,
+    *,
+    strategy: ObjectStoreStrategy,
+    fs: Any,
+    prefix: str,
+    storage: dict[str, Any],
+    scratch: _Scratch,
+    multipart: bool,
+) -> None:
+    add = report.checks.append
+    endpoint = (storage.get("client_kwargs") or {}).get("endpoint_url") or storage.get("endpoint_url")
+    add(Check("store", "store", "info", f"{strategy.protocol}://" + (f" at {endpoint}" if endpoint else ""), endpoint))
+
+    def write(
+        key: str, data: bytes, *, mode: Literal["wb", "xb"] = "wb", part_size: int | None = None, **kwargs: Any
+    ) -> CommitResult:
+        options = dict(storage)
+        if part_size is not None:
+            options["part_size"] = part_size
+        with atomic_open(f"{prefix}/{key}", mode, storage_options=options, **kwargs) as f:
+            f.write(data)
+        result: CommitResult | None = f.result
+        assert result is not None
+        return result
+
+    def content(key: str) -> bytes:
+        data: bytes = fs.cat_file(f"{prefix}/{key}")
+        return data
+
+    key = scratch.new()
+    started = time.perf_counter()
+    first = write(key, _PAYLOAD)
+    elapsed = _ms(time.perf_counter() - started)
+    intact = content(key) == _PAYLOAD
+    add(
+        Check(
+            "atomic_write",
+            "single-request write",
+            "yes" if intact else "no",
+            f"{elapsed} ms, durability {first.durability!r}, version {first.version!r}",
+            {"latency_ms": elapsed, "durability": first.durability},
+        )
+    )
+    create = _expect(lambda: write(key, b"x", mode="xb"), TargetExistsError) and content(key) == _PAYLOAD
+    add(_conditional_check("conditional_create", "conditional create (If-None-Match)", create))
+    # Other bytes: S3's ETag is the content's MD5, so rewriting the same bytes keeps the version.
+    second = write(key, _PAYLOAD + b"2")
+    cas = _expect(lambda: write(key, b"x", if_match=first.version), ConflictError) and content(key) == _PAYLOAD + b"2"
+    cas = cas and write(key, _PAYLOAD, if_match=second.version).bytes_written == len(_PAYLOAD)
+    add(_conditional_check("compare_and_swap", "compare-and-swap (If-Match)", cas))
+
+    limits = _part_limits(strategy)
+    part_size = int(storage.get("part_size", 8 * MiB))
+    parallel = int(storage.get("parallel_parts", 4))
+    multipart_ok: bool | None = None
+    if limits is None:
+        add(Check("multipart", "multi-part upload", "n/a", "no multi-part uploads for this store"))
+    else:
+        smallest, largest, most = limits
+        part_size = max(part_size, smallest) if largest is None else min(max(part_size, smallest), largest)
+        ceiling = _MAX_OBJECT.get(strategy.protocol)
+        biggest = min(part_size * most, ceiling or part_size * most) if most else ceiling
+        text = f"parts of {_size(smallest)}" + (f" to {_size(largest)}" if largest else "")
+        text += f", at most {most:,} parts" if most else ", any number of chunks"
+        if biggest:
+            text += f"; with part_size={_size(part_size)} the largest object is {_size(biggest)}"
+        add(
+            Check(
+                "multipart_limits",
+                "multi-part limits",
+                "info",
+                text,
+                {
+                    "min_part": smallest,
+                    "max_part": largest,
+                    "max_parts": most,
+                    "part_size": part_size,
+                    "largest_object": biggest,
+                },
+            )
+        )
+        if most and biggest is not None and ceiling and biggest < ceiling:
+            report.recommendations.append(
+                f"objects above {_size(biggest)} need a larger part_size (storage option): size / {most:,}"
+            )
+        if multipart:
+            multipart_ok = _probe_multipart(
+                report,
+                write=write,
+                content=content,
+                scratch=scratch,
+                part_size=smallest,
+                fs=fs,
+                prefix=prefix,
+                strategy=strategy,
+                storage=storage,
+            )
+    _store_guarantees(
+        report,
+        strategy=strategy,
+        first=first,
+        create=create,
+        cas=cas,
+        multipart_ok=multipart_ok,
+        part_size=part_size,
+        parallel=parallel,
+    )
+
+
+def _conditional_check(key: str, label: str, honoured: bool) -> Check:
+    detail = "honoured: the store refused the stale request" if honoured else "IGNORED: the store published anyway"
+    return Check(key, label, "yes" if honoured else "no", detail)
+
+
+def _probe_multipart(
+    report: DoctorReport,
+    *,
+    write: Callable[..., CommitResult],
+    content: Callable[[str], bytes],
+    scratch: _Scratch,
+    part_size: int,
+    fs: Any,
+    prefix: str,
+    strategy: ObjectStoreStrategy,
+    storage: dict[str, Any],
+) -> bool:
+    """A two-part write, conditional ones on it, and one discarded: whether all behaved."""
+    add = report.checks.append
+    data = os.urandom(1024) * (part_size // 1024) + b"tail"
+    key = scratch.new()
+    started = time.perf_counter()
+    first = write(key, data, part_size=part_size)
+    elapsed = _ms(time.perf_counter() - started)
+    ok = content(key) == data
+    add(Check("multipart", "multi-part write", "yes" if ok else "no", f"{_size(len(data))} in 2 parts, {elapsed} ms"))
+    create = _expect(lambda: write(key, data, part_size=part_size, mode="xb"), TargetExistsError)
+    add(_conditional_check("multipart_conditional_create", "conditional create, multi-part", create))
+    changed = data[:-4] + b"TAIL"
+    write(key, changed, part_size=part_size)
+    cas = _expect(lambda: write(key, data, part_size=part_size, if_match=first.version), ConflictError)
+    cas = cas and content(key) == changed
+    add(_conditional_check("multipart_compare_and_swap", "compare-and-swap, multi-part", cas))
+
+    aborted = scratch.new()
+    with (
+        contextlib.suppress(_ProbeAbort),
+        atomic_open(f"{prefix}/{aborted}", "wb", storage_options={**storage, "part_size": part_size}) as f,
+    ):
+        f.write(data)
+        raise _ProbeAbort
+    left = fs.exists(f"{prefix}/{aborted}")
+    pending: list[str] = []
+    if strategy.protocol == "s3":
+        from ._s3 import pending_uploads
+
+        bucket, path, _ = fs.split_path(f"{prefix}/{aborted}")
+        pending = pending_uploads(fs, bucket, path)
+    clean = not left and not pending
+    detail = "nothing published, the upload aborted" if clean else f"published: {left}, uploads left: {len(pending)}"
+    add(Check("abort", "failed write cleans up", "yes" if clean else "no", detail))
+    return ok and create and cas and clean
+
+
+class _ProbeAbort(Exception):
+    """Raised inside a probe's with block to see what a failed write leaves."""
+
+
+def _store_guarantees(
+    report: DoctorReport,
+    *,
+    strategy: ObjectStoreStrategy,
+    first: CommitResult,
+    create: bool,
+    cas: bool,
+    multipart_ok: bool | None,
+    part_size: int,
+    parallel: int,
+) -> None:
+    add, advise = report.guarantees.append, report.recommendations.append
+
+    def yes(key: str) -> bool:
+        return _status(report, key) == "yes"
+
+    atomic = yes("atomic_write") and _status(report, "multipart") in (None, "yes", "n/a")
+    atomic = atomic and _status(report, "abort") in (None, "yes")
+    add(Guarantee("atomic", "atomic", atomic, "one publishing request; nothing visible before it"))
+    durable = first.durability == "full"
+    add(
+        Guarantee(
+            "durable",
+            "durable",
+            durable,
+            "the store acknowledges only stored objects"
+            if durable
+            else f"{first.durability!r}: not persistent storage",
+        )
+    )
+    multi_create = _status(report, "multipart_conditional_create") in (None, "yes")
+    multi_cas = _status(report, "multipart_compare_and_swap") in (None, "yes")
+    add(
+        Guarantee(
+            "exclusive_create", "exclusive create", create and multi_create, "If-None-Match on the publishing request"
+        )
+    )
+    add(Guarantee("compare_and_swap", "compare-and-swap", cas and multi_cas, "If-Match on the publishing request"))
+    if not (create and multi_create and cas and multi_cas):
+        advise("this endpoint ignores preconditions: do not rely on 'x' modes or if_match= here")
+    memory = part_size * (parallel + 1)
+    add(Guarantee("streaming", "streaming memory", True, f"about part_size x (parallel_parts + 1) = {_size(memory)}"))
+    if strategy.protocol == "memory":
+        add(Guarantee("cleanup", "cleanup", True, "in-process: nothing outlives the writer"))
+        advise("memory:// lives in this process only: use it in tests, not for data")
+    else:
+        clean = _status(report, "abort") in (None, "yes")
+        add(Guarantee("cleanup", "cleanup", clean, "abort on failure; markers let sweep abort killed writers' uploads"))
+        advise(f"run `atomicwrite sweep {report.probed}` after crashes to abort killed writers' uploads")
+    if not multipart_ok and multipart_ok is not None:
+        advise("multi-part writes misbehaved here: see the checks above")
+
+
+def scratch_names(names: Iterator[str]) -> list[str]:
+    """Names among ``names`` that doctor's scratch entries use (for tests and sweeping)."""
+    return [name for name in names if name.startswith(f".{_SCRATCH}.aw")]

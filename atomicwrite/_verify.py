@@ -1,0 +1,257 @@
+"""``atomicwrite verify``: is a file or object complete, by every check that applies to it?
+
+Checks, each run where it applies:
+
+* **torch checkpoint**: the zip structure, ``data.pkl`` and every record's CRC-32, by
+  ``atomicwrite.torch.validate`` (imported only here; it needs no torch unless ``full``);
+* **recorded checksum**: a checksum stored *with* the object by the store, compared with one
+  computed from the content read back.  On S3 that is the object's ``x-amz-checksum-*`` value,
+  which atomicwrite's S3 writes always record (SHA-256: per part for multipart uploads, whose
+  object checksum is then the checksum of the parts' checksums); CRC32 and SHA-1 are checked
+  too, CRC32C and CRC64NVME are reported as not checkable here.  Elsewhere (local files, GCS,
+  Azure, other fsspec stores) a ``NAME.sha256`` file beside the target, in ``sha256sum``'s
+  format, counts as the recorded checksum;
+* a directory goes to the directory verifier, which multi-file checkpoints register with
+  `register_directory_verifier`; without one it is an error.
+
+A file that no check applies to is *unverified*, which is not the same as intact.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from ._errors import TargetNotFoundError, UnsupportedTargetError
+from ._strategy import split_protocol
+
+__all__ = ["CheckResult", "VerifyReport", "register_directory_verifier", "verify"]
+
+Verdict = Literal["ok", "torn", "unverified"]
+_CHUNK = 8 << 20
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One check: ``ok`` True (passed), False (failed: the content is damaged) or None (could
+    not be run here)."""
+
+    name: str
+    ok: bool | None
+    detail: str
+
+
+@dataclass
+class VerifyReport:
+    """Every check run on one target, and the verdict: ``"ok"`` (at least one check passed and
+    none failed), ``"torn"`` (a check failed) or ``"unverified"`` (nothing could be checked)."""
+
+    target: str
+    kind: str
+    checks: list[CheckResult] = field(default_factory=list)
+
+    @property
+    def verdict(self) -> Verdict:
+        if any(check.ok is False for check in self.checks):
+            return "torn"
+        if any(check.ok for check in self.checks):
+            return "ok"
+        return "unverified"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "kind": self.kind,
+            "verdict": self.verdict,
+            "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in self.checks],
+        }
+
+
+class DirectoryVerifier(Protocol):
+    def __call__(self, target: str, storage_options: Mapping[str, Any]) -> VerifyReport: ...
+
+
+_directory_verifier: DirectoryVerifier | None = None
+
+
+def register_directory_verifier(verifier: DirectoryVerifier | None) -> None:
+    """Install the verifier of directories (multi-file checkpoints); None removes it."""
+    global _directory_verifier
+    _directory_verifier = verifier
+
+
+def verify(target: str, *, storage_options: Mapping[str, Any] | None = None, full: bool = False) -> VerifyReport:
+    """Run every check that applies to ``target`` (see the module documentation)."""
+    options = dict(storage_options or {})
+    fs, path = _filesystem(target, options)
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        raise TargetNotFoundError(2, f"cannot verify {target!r}: no such file or object", target) from None
+    if info.get("type") == "directory":
+        return _verify_directory(target, options)
+    report = VerifyReport(target, "file")
+    report.checks.append(_torch_check(target, options, full, info))
+    report.checks.append(_recorded_checksum(target, fs, path, info))
+    return report
+
+
+def _verify_directory(target: str, options: Mapping[str, Any]) -> VerifyReport:
+    if _directory_verifier is None:
+        raise UnsupportedTargetError(
+            f"{target!r} is a directory, not a checkpoint file: verify checks single files"
+            " (multi-file checkpoint directories are not supported yet)"
+        )
+    return _directory_verifier(target, options)
+
+
+def _filesystem(target: str, options: Mapping[str, Any]) -> tuple[Any, str]:
+    import fsspec
+
+    protocol, _ = split_protocol(target)
+    try:
+        fs, path = fsspec.core.url_to_fs(target, **options)
+    except (ImportError, ValueError) as exc:
+        raise UnsupportedTargetError(f"cannot read {target!r}: {exc}") from exc
+    if protocol in ("", "file", "local"):
+        path = fs._strip_protocol(path)
+    return fs, path
+
+
+def _torch_check(target: str, options: Mapping[str, Any], full: bool, info: Mapping[str, Any]) -> CheckResult:
+    from . import torch as checkpoints
+
+    name = "torch checkpoint"
+    if not info.get("size") and not target.endswith(_CHECKPOINT_SUFFIXES):
+        return CheckResult(name, None, "an empty file, not named like a checkpoint")
+    result = checkpoints.validate(target, full=full, storage_options=options)
+    if result.reason == "not-a-checkpoint":
+        return CheckResult(name, None, f"not a torch checkpoint ({result.detail})")
+    return CheckResult(name, result.valid, f"{result.reason}: {result.detail}")
+
+
+# --- recorded checksums ------------------------------------------------------------------------
+
+
+def _recorded_checksum(target: str, fs: Any, path: str, info: Mapping[str, Any]) -> CheckResult:
+    protocol, _ = split_protocol(target)
+    if protocol in ("s3", "s3a"):
+        found = _s3_checksum(fs, path, info)
+        if found is not None:
+            return found
+    return _sidecar_checksum(target, fs, path)
+
+
+def _sidecar_checksum(target: str, fs: Any, path: str) -> CheckResult:
+    name = "recorded checksum"
+    sidecar = path + ".sha256"
+    try:
+        text = fs.cat_file(sidecar).decode("utf-8", "replace")
+    except (FileNotFoundError, IsADirectoryError):
+        return CheckResult(name, None, "none recorded (no checksum metadata, no NAME.sha256 beside it)")
+    words = text.split()
+    if not words or len(words[0]) != 64:
+        return CheckResult(name, False, f"{sidecar} is not in sha256sum's format")
+    digest = hashlib.sha256()
+    _read(fs, path, digest.update)
+    ok = digest.hexdigest() == words[0].lower()
+    what = "matches" if ok else f"does NOT match (content sha256 {digest.hexdigest()})"
+    return CheckResult(name, ok, f"sha256 from {sidecar.rpartition('/')[2]} {what}")
+
+
+def _read(fs: Any, path: str, sink: Callable[[bytes], object]) -> None:
+    with fs.open(path, "rb") as source:
+        while chunk := source.read(_CHUNK):
+            sink(chunk)
+
+
+class _Hash(Protocol):
+    def update(self, data: bytes, /) -> None: ...
+    def digest(self) -> bytes: ...
+
+
+class _CRC32:
+    def __init__(self) -> None:
+        self._value = 0
+
+    def update(self, data: bytes, /) -> None:
+        self._value = zlib.crc32(data, self._value)
+
+    def digest(self) -> bytes:
+        return self._value.to_bytes(4, "big")
+
+
+_S3_ALGORITHMS: dict[str, Callable[[], _Hash] | None] = {
+    "ChecksumSHA256": hashlib.sha256,
+    "ChecksumSHA1": lambda: hashlib.sha1(usedforsecurity=False),
+    "ChecksumCRC32": _CRC32,
+    "ChecksumCRC32C": None,
+    "ChecksumCRC64NVME": None,
+}
+
+
+def _s3_checksum(fs: Any, path: str, info: Mapping[str, Any]) -> CheckResult | None:
+    """The object's ``x-amz-checksum-*``, checked against its content; None if it has none."""
+    bucket, key, _ = fs.split_path(path)
+    head = fs.call_s3("head_object", Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+    found = [(name, head[name]) for name in _S3_ALGORITHMS if head.get(name)]
+    if not found:
+        return None
+    field_name, recorded = found[0]
+    factory = _S3_ALGORITHMS[field_name]
+    algorithm = field_name.removeprefix("Checksum").lower()
+    name = f"recorded checksum (S3 {algorithm})"
+    if factory is None:
+        return CheckResult(name, None, f"{algorithm} is recorded, but cannot be computed here")
+    value, _, count = str(recorded).partition("-")
+    first = fs.call_s3("head_object", Bucket=bucket, Key=key, PartNumber=1)
+    parts = int(first.get("PartsCount") or 0)
+    if head.get("ChecksumType") == "FULL_OBJECT" or (parts <= 1 and not count):
+        digest = factory()
+        _read(fs, path, digest.update)
+        computed = base64.b64encode(digest.digest()).decode()
+        how = "of the whole object"
+    else:
+        sizes = _part_sizes(
+            fs, bucket, key, parts=parts, first=int(first["ContentLength"]), total=int(head["ContentLength"])
+        )
+        computed = base64.b64encode(_composite(fs, path, sizes, factory)).decode()
+        how = f"of the {parts} parts' checksums"
+    ok = computed == value
+    return CheckResult(name, ok, f"the checksum {how} " + ("matches" if ok else f"does NOT match ({computed})"))
+
+
+def _part_sizes(fs: Any, bucket: str, key: str, *, parts: int, first: int, total: int) -> list[int]:
+    """Each part's size: uniform parts (every writer we know) cost one more request; else one
+    request per part."""
+    last = total - first * (parts - 1)
+    if 0 < last <= first:
+        tail = fs.call_s3("head_object", Bucket=bucket, Key=key, PartNumber=parts)
+        if int(tail["ContentLength"]) == last:
+            return [first] * (parts - 1) + [last]
+    return [
+        int(fs.call_s3("head_object", Bucket=bucket, Key=key, PartNumber=n)["ContentLength"])
+        for n in range(1, parts + 1)
+    ]
+
+
+def _composite(fs: Any, path: str, sizes: list[int], factory: Callable[[], _Hash]) -> bytes:
+    """S3's composite checksum: the checksum of the concatenated checksums of the parts."""
+    outer = factory()
+    with fs.open(path, "rb") as source:
+        for size in sizes:
+            part = factory()
+            left = size
+            while left:
+                chunk = source.read(min(left, _CHUNK))
+                if not chunk:
+                    raise UnsupportedTargetError(f"{path!r} is shorter than its parts say")
+                part.update(chunk)
+                left -= len(chunk)
+            outer.update(part.digest())
+    return outer.digest()
