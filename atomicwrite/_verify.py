@@ -132,7 +132,7 @@ def _torch_check(target: str, options: Mapping[str, Any], full: bool, info: Mapp
     result = checkpoints.validate(target, full=full, storage_options=options)
     if result.reason == "not-a-checkpoint":
         return CheckResult(name, None, f"not a torch checkpoint ({result.detail})")
-    return CheckResult(name, result.valid, f"{result.reason}: {result.detail}")
+    return CheckResult(name, result.valid, result.detail if result.valid else f"{result.reason}: {result.detail}")
 
 
 # --- recorded checksums ------------------------------------------------------------------------
