@@ -349,30 +349,30 @@ def _probe_local(report: DoctorReport, strategy: LocalStrategy, directory: str, 
         reason = _errno_name(exc) if isinstance(exc, OSError) else "not implemented"
         add(Check("symlinks", "symlinks", "no", f"symlink() refused: {reason}"))
 
-    exclusive_ok = _expect(
-        lambda: _atomic_write(os.path.join(directory, first), b"x", mode="xb"), TargetExistsError
-    ) and _unchanged(os.path.join(directory, first), _PAYLOAD)
+    # Both conditions are checked when the write starts and again by the publishing call; the
+    # probes let another writer win in between, so that the publishing call is what decides.
+    contested = os.path.join(directory, scratch.new())
+    exclusive_ok = _loses_race(contested, "xb", None)
     add(
         Check(
             "exclusive_create",
             "exclusive create (mode 'xb')",
             "yes" if exclusive_ok else "no",
-            "refused on an existing file, which was left as it was"
+            "refused at commit: a file created meanwhile was kept"
             if exclusive_ok
-            else "an existing file was replaced",
+            else "a file created meanwhile was replaced",
         )
     )
-    stale = _atomic_write(os.path.join(directory, first), _PAYLOAD).version
-    _atomic_write(os.path.join(directory, first), _PAYLOAD)
-    cas_ok = _expect(
-        lambda: _atomic_write(os.path.join(directory, first), b"x", if_match=stale), ConflictError
-    ) and _unchanged(os.path.join(directory, first), _PAYLOAD)
+    current = _atomic_write(contested, _PAYLOAD).version
+    cas_ok = _loses_race(contested, "wb", current)
     add(
         Check(
             "compare_and_swap",
             "compare-and-swap (if_match=)",
             "yes" if cas_ok else "no",
-            "a stale version was refused" if cas_ok else "a stale version was accepted",
+            "refused at commit: a version written meanwhile was kept"
+            if cas_ok
+            else "a version written meanwhile was replaced",
         )
     )
 
@@ -491,6 +491,22 @@ def _atomic_write(
         f.write(data)
     assert f.result is not None
     return f.result
+
+
+def _loses_race(path: str, mode: Literal["wb", "xb"], if_match: object | None) -> bool:
+    """Start a conditional write, let another writer publish first, then commit: whether the
+    commit was refused (TargetExistsError or ConflictError) and the other writer's file kept."""
+    file = atomic_open(path, mode, accept_weaker_durability=True, if_match=if_match)
+    try:
+        file.write(b"the write that must lose")
+        _atomic_write(path, b"the writer that won")
+        try:
+            file.commit()
+        except (TargetExistsError, ConflictError):
+            return _unchanged(path, b"the writer that won")
+        return False
+    finally:
+        file.discard()
 
 
 def _expect(action: Callable[[], object], error: type[BaseException]) -> bool:

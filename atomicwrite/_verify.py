@@ -4,13 +4,16 @@ Checks, each run where it applies:
 
 * **torch checkpoint**: the zip structure, ``data.pkl`` and every record's CRC-32, by
   ``atomicwrite.torch.validate`` (imported only here; it needs no torch unless ``full``);
-* **recorded checksum**: a checksum stored *with* the object by the store, compared with one
-  computed from the content read back.  On S3 that is the object's ``x-amz-checksum-*`` value,
-  which atomicwrite's S3 writes always record (SHA-256: per part for multipart uploads, whose
-  object checksum is then the checksum of the parts' checksums); CRC32 and SHA-1 are checked
-  too, CRC32C and CRC64NVME are reported as not checkable here.  Elsewhere (local files, GCS,
-  Azure, other fsspec stores) a ``NAME.sha256`` file beside the target, in ``sha256sum``'s
-  format, counts as the recorded checksum;
+* **recorded checksum**: a checksum stored *with* the object, compared with one computed from
+  the content read back.  S3: the object's ``x-amz-checksum-*``, which atomicwrite's S3 writes
+  always record (SHA-256, per part for multipart uploads, whose object checksum is then the
+  checksum of the parts' checksums); CRC32 and SHA-1 are checked too, CRC32C and CRC64NVME are
+  reported as not checkable here.  GCS: the object's MD5 and CRC32C (the latter with
+  google-crc32c's C code).  Azure: the blob's Content-MD5, which a single Put Blob records and
+  a block-list commit does not.  Anywhere else, or where the store recorded nothing, a
+  ``NAME.sha256`` file beside the target in ``sha256sum``'s format.  A store's checksum proves
+  that the bytes read back are the bytes the store accepted; only a checksum recorded by the
+  producer (the sidecar) also proves the producer sent everything it meant to;
 * a directory goes to the directory verifier, which multi-file checkpoints register with
   `register_directory_verifier`; without one it is an error.
 
@@ -140,11 +143,72 @@ def _torch_check(target: str, options: Mapping[str, Any], full: bool, info: Mapp
 
 def _recorded_checksum(target: str, fs: Any, path: str, info: Mapping[str, Any]) -> CheckResult:
     protocol, _ = split_protocol(target)
+    found: CheckResult | None = None
     if protocol in ("s3", "s3a"):
         found = _s3_checksum(fs, path, info)
-        if found is not None:
-            return found
-    return _sidecar_checksum(target, fs, path)
+    elif protocol in ("gs", "gcs"):
+        found = _gcs_checksum(fs, path, info)
+    elif protocol in ("az", "abfs", "abfss"):
+        found = _azure_checksum(fs, path, info)
+    return found if found is not None else _sidecar_checksum(target, fs, path)
+
+
+def _compare(
+    name: str, fs: Any, path: str, recorded: dict[str, str], factories: dict[str, Callable[[], _Hash]]
+) -> CheckResult:
+    """Hash the content once with every algorithm in ``recorded`` (base64 digests by name)."""
+    hashes = {algorithm: factories[algorithm]() for algorithm in recorded}
+
+    def update(chunk: bytes) -> None:
+        for digest in hashes.values():
+            digest.update(chunk)
+
+    _read(fs, path, update)
+    wrong = [a for a, h in hashes.items() if base64.b64encode(h.digest()).decode() != recorded[a]]
+    names = " and ".join(recorded)
+    if wrong:
+        return CheckResult(name, False, f"{' and '.join(wrong)} of the content does NOT match the recorded value")
+    return CheckResult(name, True, f"{names} of the content {'match' if len(recorded) > 1 else 'matches'}")
+
+
+def _gcs_checksum(fs: Any, path: str, info: Mapping[str, Any]) -> CheckResult | None:
+    """GCS keeps an MD5 (not for composed objects) and a CRC32C of every object."""
+    recorded: dict[str, str] = {}
+    factories: dict[str, Callable[[], _Hash]] = {"md5": lambda: hashlib.md5(usedforsecurity=False)}
+    if info.get("md5Hash"):
+        recorded["md5"] = str(info["md5Hash"])
+    crc32c = _crc32c_factory()
+    if info.get("crc32c") and crc32c is not None:
+        recorded["crc32c"] = str(info["crc32c"])
+        factories["crc32c"] = crc32c
+    if not recorded:
+        return None
+    return _compare("recorded checksum (GCS)", fs, path, recorded, factories)
+
+
+def _crc32c_factory() -> Callable[[], _Hash] | None:
+    """google-crc32c's C implementation, if installed (gcsfs brings it)."""
+    try:
+        import google_crc32c  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        return None
+    if getattr(google_crc32c, "implementation", "") != "c":
+        return None
+    checksum: Callable[[], _Hash] = google_crc32c.Checksum
+    return checksum
+
+
+def _azure_checksum(fs: Any, path: str, info: Mapping[str, Any]) -> CheckResult | None:
+    """Azure keeps the Content-MD5 given at upload: atomicwrite's single Put Blob sends one; a
+    block-list commit records none."""
+    settings = info.get("content_settings") or {}
+    md5 = settings.get("content_md5") if isinstance(settings, Mapping) else getattr(settings, "content_md5", None)
+    if not md5:
+        return None
+    recorded = {"md5": base64.b64encode(bytes(md5)).decode()}
+    return _compare(
+        "recorded checksum (Azure Content-MD5)", fs, path, recorded, {"md5": lambda: hashlib.md5(usedforsecurity=False)}
+    )
 
 
 def _sidecar_checksum(target: str, fs: Any, path: str) -> CheckResult:

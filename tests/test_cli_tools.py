@@ -7,6 +7,7 @@ moto S3 server.
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import errno
 import hashlib
@@ -23,9 +24,11 @@ from typing import Any
 import pytest
 
 from atomicwrite import atomic_open
+from tests._azurite import azurite_endpoint
+from tests._gcs_server import gcs_server
 from tests._stores import moto_endpoint, s3_options
 
-__all__ = ["moto_endpoint"]
+__all__ = ["azurite_endpoint", "gcs_server", "moto_endpoint"]
 
 BUCKET = "atomicwrite-cli-tests"
 ANSI_ESCAPE = "\x1b["
@@ -467,3 +470,82 @@ def test_atomic_open_is_what_cp_uses(tmp_path: Path) -> None:
         assert run_cli("cp", str(source), str(target)).returncode == 0
         assert reader.read() == b"old" * 1000
     assert target.read_bytes() == b"new" * 1000
+
+
+# --- recorded checksums on GCS and Azure -------------------------------------------------------
+
+
+@pytest.fixture
+def gcs_cli(request: pytest.FixtureRequest) -> tuple[Any, list[str], str]:
+    from tests import _gcs_server
+
+    server = request.getfixturevalue("gcs_server")
+    options = server.options()
+    import fsspec
+
+    args = [arg for key, value in options.items() for arg in ("-o", f"{key}={value}")]
+    return fsspec.filesystem("gs", **options), args, _gcs_server.BUCKET
+
+
+def test_verify_gcs_recorded_checksums(gcs_cli: tuple[Any, list[str], str], tmp_path: Path) -> None:
+    fs, args, bucket = gcs_cli
+    prefix = f"{bucket}/verify-{uuid.uuid4().hex}"
+    source = tmp_path / "shard.bin"
+    source.write_bytes(os.urandom(600 * 1024))
+    # Small (one upload) and chunked (a resumable session of 256 KiB chunks).
+    for name, part_size in (("one.bin", None), ("chunked.bin", 256 * 1024)):
+        extra = ["-o", f"part_size={part_size}"] if part_size else []
+        assert run_cli("cp", str(source), f"gs://{prefix}/{name}", *args, *extra).returncode == 0
+        result = run_cli("verify", "--json", f"gs://{prefix}/{name}", *args)
+        assert result.returncode == 0, result.stdout + result.stderr
+        (checksum,) = [c for c in json.loads(result.stdout)["checks"] if c["name"].startswith("recorded checksum")]
+        assert checksum["ok"] is True
+        assert "md5" in checksum["detail"]
+    assert fs.cat_file(f"{prefix}/chunked.bin") == source.read_bytes()
+
+
+def test_verify_azure_recorded_md5(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    from tests._azurite import azure_options
+
+    endpoint = request.getfixturevalue("azurite_endpoint")
+    options = azure_options(endpoint)
+    import fsspec
+
+    fs = fsspec.filesystem("abfs", **options)
+    container = f"verify{uuid.uuid4().hex[:12]}"
+    fs.mkdir(container)
+    args = [arg for key, value in options.items() for arg in ("-o", f"{key}={value}")]
+    source = tmp_path / "small.json"
+    source.write_text('{"step": 7}')
+    assert run_cli("cp", str(source), f"az://{container}/run/small.json", *args).returncode == 0
+    result = run_cli("verify", "--json", f"az://{container}/run/small.json", *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (checksum,) = [c for c in json.loads(result.stdout)["checks"] if c["name"].startswith("recorded checksum")]
+    assert checksum == {
+        "name": "recorded checksum (Azure Content-MD5)",
+        "ok": True,
+        "detail": "md5 of the content matches",
+    }
+    # A block-list commit records no MD5: nothing to check, and verify says so.
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(3 << 20))
+    assert run_cli("cp", str(big), f"az://{container}/run/big.bin", *args, "-o", "part_size=1048576").returncode == 0
+    unverified = run_cli("verify", f"az://{container}/run/big.bin", *args)
+    assert unverified.returncode == 3, unverified.stdout + unverified.stderr
+
+
+def test_a_recorded_checksum_that_does_not_match_fails() -> None:
+    """The comparison itself, on memory:// (no store server keeps a wrong checksum)."""
+    import fsspec
+
+    from atomicwrite._verify import _compare
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe_file("/verify/data.bin", b"the bytes read back")
+    md5 = hashlib.md5(b"the bytes read back").digest()
+    factories: Any = {"md5": hashlib.md5}
+    right = _compare("c", fs, "/verify/data.bin", {"md5": base64.b64encode(md5).decode()}, factories)
+    assert right.ok is True
+    wrong = _compare("c", fs, "/verify/data.bin", {"md5": base64.b64encode(b"\0" * 16).decode()}, factories)
+    assert wrong.ok is False
+    assert "does NOT match" in wrong.detail
