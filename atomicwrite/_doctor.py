@@ -31,7 +31,7 @@ from ._errors import (
     UnsupportedTargetError,
 )
 from ._local import LocalStrategy, temp_name
-from ._objectstore import MiB, ObjectStoreStrategy
+from ._objectstore import ObjectStoreStrategy
 from ._result import CommitResult
 from ._strategy import WriteOptions, resolve_target
 
@@ -600,11 +600,11 @@ def _part_limits(strategy: ObjectStoreStrategy) -> tuple[int, int | None, int | 
         from ._s3 import MAX_PARTS, MIN_PART
 
         return MIN_PART, 5 << 30, MAX_PARTS
-    if strategy.protocol == "gcs":
+    if strategy.protocol == "gs":
         from ._gcs import CHUNK_QUANTUM
 
         return CHUNK_QUANTUM, None, None
-    if strategy.protocol in ("az", "abfs"):
+    if strategy.protocol == "az":
         from ._azure import MAX_BLOCKS, MAX_PART, MIN_PART
 
         return MIN_PART, MAX_PART, MAX_BLOCKS
@@ -612,7 +612,7 @@ def _part_limits(strategy: ObjectStoreStrategy) -> tuple[int, int | None, int | 
 
 
 # The largest single object each store accepts.
-_MAX_OBJECT = {"s3": 5 << 40, "gcs": 5 << 40, "az": 190_700 << 30, "abfs": 190_700 << 30}
+_MAX_OBJECT = {"s3": 5 << 40, "gs": 5 << 40, "az": 190_700 << 30}
 
 
 def _diagnose_store(
@@ -689,14 +689,14 @@ def _probe_store(
     add(_conditional_check("compare_and_swap", "compare-and-swap (If-Match)", cas))
 
     limits = _part_limits(strategy)
-    part_size = int(storage.get("part_size", 8 * MiB))
-    parallel = int(storage.get("parallel_parts", 4))
+    # The part size and parallelism a write here would use, as the strategy settles them.
+    backend = strategy.backend(f"{prefix}/{key}", WriteOptions(storage_options=storage))
+    part_size, parallel = backend.part_size, backend.parallel_parts
     multipart_ok: bool | None = None
     if limits is None:
-        add(Check("multipart", "multi-part upload", "n/a", "no multi-part uploads for this store"))
+        add(Check("multipart", "multi-part upload", "n/a", "not probed: parts stay in this process"))
     else:
         smallest, largest, most = limits
-        part_size = max(part_size, smallest) if largest is None else min(max(part_size, smallest), largest)
         ceiling = _MAX_OBJECT.get(strategy.protocol)
         biggest = min(part_size * most, ceiling or part_size * most) if most else ceiling
         text = f"parts of {_size(smallest)}" + (f" to {_size(largest)}" if largest else "")

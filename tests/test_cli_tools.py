@@ -549,3 +549,36 @@ def test_a_recorded_checksum_that_does_not_match_fails() -> None:
     wrong = _compare("c", fs, "/verify/data.bin", {"md5": base64.b64encode(b"\0" * 16).decode()}, factories)
     assert wrong.ok is False
     assert "does NOT match" in wrong.detail
+
+
+def test_doctor_on_gcs(gcs_cli: tuple[Any, list[str], str]) -> None:
+    fs, args, bucket = gcs_cli
+    prefix = f"{bucket}/doctor-{uuid.uuid4().hex}"
+    code, report = doctor_json(f"gs://{prefix}", *args)
+    for key in ("atomic_write", "conditional_create", "compare_and_swap", "multipart", "abort"):
+        assert status(report, key) == "yes", (key, report["checks"][key])
+    limits = report["checks"]["multipart_limits"]["value"]
+    assert (limits["min_part"], limits["max_parts"]) == (256 * 1024, None)
+    assert holds(report)["durable"] is True
+    assert code == (0 if report["full_guarantees"] else 3)
+    fs.invalidate_cache()
+    assert not fs.exists(prefix) or fs.find(prefix) == []
+
+
+def test_doctor_on_azure(request: pytest.FixtureRequest) -> None:
+    from tests._azurite import azure_options
+
+    options = azure_options(request.getfixturevalue("azurite_endpoint"))
+    import fsspec
+
+    fs = fsspec.filesystem("abfs", **options)
+    container = f"doctor{uuid.uuid4().hex[:12]}"
+    fs.mkdir(container)
+    args = [arg for key, value in options.items() for arg in ("-o", f"{key}={value}")]
+    code, report = doctor_json(f"az://{container}/run", *args)
+    for key in ("atomic_write", "conditional_create", "compare_and_swap", "multipart", "abort"):
+        assert status(report, key) == "yes", (key, report["checks"][key])
+    assert report["checks"]["multipart_limits"]["value"]["max_parts"] == 50_000
+    assert code == 0, report["guarantees"]
+    fs.invalidate_cache()
+    assert fs.find(container) == []
