@@ -5,8 +5,8 @@ Every answer comes from a probe on the real location: scratch files in the targe
 scratch objects under the target prefix), written with the library's own strategy where it can
 be, and with the raw system call where the question is about the system call.  Scratch entries
 are named like the library's temp files (``.atomicwrite-doctor.aw{host}.{pid}.{random}.tmp``)
-and removed before returning, whatever happens; a doctor killed mid-probe leaves files that
-[`sweep`][atomicwrite.sweep] recognises.  Nothing here imports click or rich.
+and removed before returning, whatever happens; the scratch files of a doctor killed mid-probe
+are removed by [`sweep`][atomicwrite.sweep] (a scratch symlink or object is not).  Nothing here imports click or rich.
 """
 
 from __future__ import annotations
