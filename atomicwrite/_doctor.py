@@ -18,7 +18,7 @@ import shutil
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -113,9 +113,6 @@ class DoctorReport:
     def full(self) -> bool:
         """Whether every guarantee holds here."""
         return bool(self.guarantees) and all(g.holds is True for g in self.guarantees)
-
-    def check(self, key: str) -> Check:
-        return next(c for c in self.checks if c.key == key)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -855,8 +852,3 @@ def _store_guarantees(
         advise(f"run `atomicwrite sweep {report.probed}` after crashes to abort killed writers' uploads")
     if not multipart_ok and multipart_ok is not None:
         advise("multi-part writes misbehaved here: see the checks above")
-
-
-def scratch_names(names: Iterator[str]) -> list[str]:
-    """Names among ``names`` that doctor's scratch entries use (for tests and sweeping)."""
-    return [name for name in names if name.startswith(f".{_SCRATCH}.aw")]
