@@ -537,4 +537,15 @@ def sweep(
     if seconds < 0:
         raise UsageError(f"older_than must not be negative, not {older_than!r}")
     strategy, path = resolve_target(location)
-    return strategy.sweep(path, seconds, dry_run, WriteOptions(storage_options=dict(storage_options or {})))
+    options = WriteOptions(storage_options=dict(storage_options or {}))
+    removed = strategy.sweep(path, seconds, dry_run, options)
+    from ._objectstore import ObjectStoreStrategy
+
+    if isinstance(strategy, ObjectStoreStrategy):
+        # Unpublished generations of an atomic_directory at ``location`` (local ones are
+        # staging directories under temp names, which the strategy's sweep removes).
+        from ._directory import sweep_generations
+
+        fs = strategy.filesystem(options)
+        removed += sweep_generations(fs, fs._strip_protocol(path), seconds, dry_run, strategy.url)
+    return removed
