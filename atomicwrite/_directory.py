@@ -64,6 +64,7 @@ __all__ = [
     "StagingDirectory",
     "atomic_directory",
     "begin_directory",
+    "describe_files",
     "open_directory",
     "remove_stale_staging",
     "sweep_generations",
@@ -736,6 +737,47 @@ def _remove_prefix(fs: Any, prefix: str) -> None:
         paths = list(fs.find(prefix))
         if paths:
             fs.rm(paths)
+
+
+def describe_files(
+    staging: StagingDirectory, names: frozenset[str] | set[str], *, checksums: bool = True
+) -> list[FileEntry]:
+    """Flush and describe (size, SHA-256) the files ``names`` of a staging directory, from the
+    process that wrote them: what each rank reports in a multi-rank save."""
+    entries: list[FileEntry] = []
+    for name in sorted(names):
+        clean = _check_name(name)
+        if staging.local:
+            path = os.path.join(staging.location, *clean.split("/"))
+            try:
+                fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC)
+            except OSError as exc:
+                raise os_error(exc, path, "flushing a staged file", verb="describe") from exc
+            try:
+                os.fsync(fd)
+                size = os.fstat(fd).st_size
+                entries.append(FileEntry(clean, size, _digest_fd(fd) if checksums else None))
+            finally:
+                os.close(fd)
+            continue
+        import fsspec
+
+        url = f"{staging.location}/{clean}"
+        fs, path = fsspec.core.url_to_fs(url, **staging.storage_options)
+        fs.invalidate_cache()
+        size = int(fs.info(path)["size"])
+        known = staging.known_entry(clean)
+        if known is not None and known.size == size:
+            entries.append(known)
+        elif not checksums:
+            entries.append(FileEntry(clean, size, None))
+        else:
+            digest = hashlib.sha256()
+            with fs.open(path, "rb") as source:
+                while chunk := source.read(_CHUNK):
+                    digest.update(chunk)
+            entries.append(FileEntry(clean, size, digest.hexdigest()))
+    return entries
 
 
 # --- public entry points -------------------------------------------------------------------

@@ -1,0 +1,111 @@
+"""Multi-rank checkpoints on torch.distributed (gloo on CPU), ranks as real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from atomicwrite import CheckpointStore, sweep, verify_directory
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("torch.distributed")
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(), reason="no gloo backend"
+)
+
+
+def run_ranks(tmp_path: Path, root: Path, world: int, mode: str, run: int) -> list[tuple[int, Any]]:
+    """Start ``world`` ranks, wait for all; ``(returncode, report or None)`` per rank."""
+    init_file = tmp_path / f"init-{run}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests._distworkers",
+                "store_save",
+                str(rank),
+                str(world),
+                str(init_file),
+                str(root),
+                mode,
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(world)
+    ]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=240)
+        lines = out.strip().splitlines()
+        results.append((proc.returncode, json.loads(lines[-1]) if lines else {"stderr": err[-2000:]}))
+    return results
+
+
+def check_generation(store: CheckpointStore, name: str, world: int, step: int) -> None:
+    assert store.verify(name).ok
+    generation = store.get(name)
+    names = sorted(entry.name for entry in generation.directory.manifest.files)
+    assert names == sorted([*(f"shard-{rank}.pt" for rank in range(world)), "meta.json"])
+    for rank in range(world):
+        state = torch.load(generation / f"shard-{rank}.pt", weights_only=True)
+        assert state["rank"] == rank
+        assert state["step"] == step
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world", [2, 4])
+def test_a_rank_killed_mid_save_publishes_nothing(tmp_path: Path, world: int) -> None:
+    root = tmp_path / "run"
+    store = CheckpointStore(root)
+
+    first = run_ranks(tmp_path, root, world, "ok", 1)
+    assert [code for code, _ in first] == [0] * world, first
+    assert all(result.get("published") == "gen-00000001" for _, result in first), first
+    check_generation(store, "gen-00000001", world, 1)
+
+    killed = run_ranks(tmp_path, root, world, "kill", 2)
+    codes = [code for code, _ in killed]
+    assert codes[1] == -9, killed
+    survivors = [result for rank, (_, result) in enumerate(killed) if rank != 1]
+    assert all("published" not in result for result in survivors), killed
+    assert all("aborted" in result or "error" in result for result in survivors), killed
+    assert store.generations() == ["gen-00000001"]
+    assert store.pointer() == "gen-00000001"
+    latest = store.latest()
+    assert latest is not None
+    assert latest.name == "gen-00000001"
+    check_generation(store, "gen-00000001", world, 1)
+    sweep(root, older_than=0)
+    assert sorted(os.listdir(root)) == ["gen-00000001", "latest"]
+
+    again = run_ranks(tmp_path, root, world, "ok", 3)
+    assert all(result.get("published") == "gen-00000002" for _, result in again), again
+    check_generation(store, "gen-00000002", world, 2)
+
+
+@pytest.mark.slow
+def test_a_rank_that_raises_aborts_every_rank(tmp_path: Path) -> None:
+    root = tmp_path / "run"
+    store = CheckpointStore(root)
+    assert all(result.get("published") for _, result in run_ranks(tmp_path, root, 2, "ok", 1))
+    raised = run_ranks(tmp_path, root, 2, "raise", 2)
+    assert [code for code, _ in raised] == [0, 0], raised
+    assert "aborted" in raised[0][1], raised
+    assert raised[1][1].get("error") == "RuntimeError: rank 1 failed on purpose", raised
+    assert store.generations() == ["gen-00000001"]
+    assert sorted(os.listdir(root)) == ["gen-00000001", "latest"]  # the staging area is gone
+    assert verify_directory(root / "gen-00000001").ok
