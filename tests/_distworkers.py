@@ -69,6 +69,46 @@ def store_save(rank: str, world: str, init_file: str, root: str, mode: str) -> N
         os._exit(0)
 
 
+class KillWhenPickled:
+    """A state-dict entry whose serialization, inside dcp.save's write step, SIGKILLs the rank."""
+
+    def __reduce__(self) -> Any:
+        os.kill(os.getpid(), signal.SIGKILL)
+        raise AssertionError("unreachable")
+
+
+def dcp_state(rank: int, step: int) -> dict[str, Any]:
+    import torch
+
+    generator = torch.Generator().manual_seed(step)
+    return {"model": {"weight": torch.randn(32, 32, generator=generator)}, "step": step, f"rank{rank}": rank}
+
+
+def dcp(rank: str, world: str, init_file: str, target: str, mode: str) -> None:
+    """dcp.save through the atomic writer from every rank; ``mode`` "kill": rank 1 dies while
+    DCP serializes its part."""
+    import torch.distributed as dist
+
+    from atomicwrite.distributed import dcp_save
+
+    me, size = int(rank), int(world)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=me, world_size=size, timeout=timedelta(seconds=60)
+    )
+    step = 2 if mode == "kill" else int(mode.removeprefix("step"))
+    state = dcp_state(me, step)
+    if mode == "kill" and me == 1:
+        state["bomb"] = KillWhenPickled()
+    outcome: dict[str, Any] = {"rank": me}
+    try:
+        result = dcp_save(state, target)
+        outcome["published"] = None if result is None else len(result.manifest.files)
+    except Exception as exc:
+        outcome["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+    report(outcome)
+    os._exit(0)
+
+
 if __name__ == "__main__":
     role, *arguments = sys.argv[1:]
     globals()[role](*arguments)

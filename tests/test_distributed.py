@@ -109,3 +109,98 @@ def test_a_rank_that_raises_aborts_every_rank(tmp_path: Path) -> None:
     assert store.generations() == ["gen-00000001"]
     assert sorted(os.listdir(root)) == ["gen-00000001", "latest"]  # the staging area is gone
     assert verify_directory(root / "gen-00000001").ok
+
+
+# --- torch.distributed.checkpoint -----------------------------------------------------------
+
+
+def load_dcp(target: Path) -> dict[str, Any]:
+    import torch.distributed.checkpoint as dcp
+
+    state = {"model": {"weight": torch.zeros(32, 32)}, "step": -1}
+    with pytest.warns(UserWarning, match="single process"):
+        dcp.load(state, checkpoint_id=str(target))
+    return state
+
+
+def test_dcp_round_trip_and_replace_in_one_process(tmp_path: Path) -> None:
+    from atomicwrite.distributed import dcp_save
+
+    target = tmp_path / "dcp"
+    for step in (1, 2):
+        weight = torch.full((32, 32), float(step))
+        with pytest.warns(UserWarning, match="single process"):
+            result = dcp_save({"model": {"weight": weight}, "step": step}, target)
+        assert result is not None
+        assert ".metadata" in {entry.name for entry in result.manifest.files}
+        assert result.replaced == (step == 2)
+        assert verify_directory(target).ok
+        state = load_dcp(target)
+        assert state["step"] == step
+        assert torch.equal(state["model"]["weight"], weight)
+    assert os.listdir(tmp_path) == ["dcp"]
+
+    class Unpicklable:
+        def __reduce__(self) -> Any:
+            raise RuntimeError("cannot serialize")
+
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    with pytest.raises(CheckpointException), pytest.warns(UserWarning, match="single process"):
+        dcp_save({"model": {"weight": torch.zeros(32, 32)}, "step": 3, "bad": Unpicklable()}, target)
+    assert os.listdir(tmp_path) == ["dcp"]  # the staging directory went with the failure
+    assert load_dcp(target)["step"] == 2
+
+
+def test_dcp_writer_refuses_object_store_urls() -> None:
+    from atomicwrite import UnsupportedTargetError
+    from atomicwrite.distributed import dcp_writer
+
+    with pytest.raises(UnsupportedTargetError):
+        dcp_writer("s3://bucket/ckpt")
+
+
+def run_dcp_ranks(tmp_path: Path, target: Path, world: int, mode: str, run: int) -> list[tuple[int, Any]]:
+    init_file = tmp_path / f"dcp-init-{run}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    command = [sys.executable, "-m", "tests._distworkers", "dcp"]
+    procs = [
+        subprocess.Popen(
+            [*command, str(rank), str(world), str(init_file), str(target), mode],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(world)
+    ]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=240)
+        lines = out.strip().splitlines()
+        results.append((proc.returncode, json.loads(lines[-1]) if lines else {"stderr": err[-2000:]}))
+    return results
+
+
+@pytest.mark.slow
+def test_dcp_two_ranks_and_a_rank_killed_mid_save(tmp_path: Path) -> None:
+    from tests._distworkers import dcp_state
+
+    target = tmp_path / "dcp"
+    first = run_dcp_ranks(tmp_path, target, 2, "step1", 1)
+    assert [code for code, _ in first] == [0, 0], first
+    assert first[0][1].get("published", 0) >= 3, first  # .metadata and one file per rank
+    assert "error" not in first[1][1], first
+    assert verify_directory(target).ok
+    state = load_dcp(target)
+    assert state["step"] == 1
+    assert torch.equal(state["model"]["weight"], dcp_state(0, 1)["model"]["weight"])
+
+    killed = run_dcp_ranks(tmp_path, target, 2, "kill", 2)
+    assert killed[1][0] == -9, killed
+    assert "error" in killed[0][1], killed
+    # The coordinator dropped its staging directory when the save failed: nothing to sweep.
+    assert not [name for name in os.listdir(tmp_path) if name.startswith(".dcp.")]
+    assert verify_directory(target).ok
+    assert load_dcp(target)["step"] == 1
