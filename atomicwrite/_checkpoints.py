@@ -35,7 +35,7 @@ from ._directory import (
     open_directory,
     verify_directory,
 )
-from ._errors import AtomicWriteError, ConflictError, TargetNotFoundError, UsageError
+from ._errors import AtomicWriteError, ConflictError, TargetNotFoundError, UnsupportedTargetError, UsageError
 from ._local import temp_name
 from ._strategy import WriteOptions, resolve_target
 
@@ -116,6 +116,10 @@ class CheckpointStore:
 
         self._strategy: Any = cast(Any, strategy)
         self.local = not isinstance(strategy, ObjectStoreStrategy)
+        if not self.local and strategy.name not in ("s3", "memory"):
+            # The latest pointer is replaced by compare-and-swap, which needs the current
+            # version of an object; that is read for S3 and memory:// so far.
+            raise UnsupportedTargetError(f"CheckpointStore supports local paths, s3:// and memory://, not {root!r}")
         if self.local:
             self.root = os.path.abspath(os.path.expanduser(location))
             os.makedirs(self.root, exist_ok=True)

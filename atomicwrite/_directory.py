@@ -609,9 +609,10 @@ def _store_version(strategy: Strategy, fs: Any, path: str) -> object | None:
         except FileNotFoundError:
             return None
         return info.get("ETag")
+    if not fs.exists(path):
+        return None
     raise UnsupportedTargetError(
-        f"replacing a published directory on {strategy.name}:// is not supported yet; write a new one"
-        " (CheckpointStore does)"
+        f"replacing a published directory on {strategy.name}:// is not supported yet (only creating one)"
     )
 
 

@@ -616,3 +616,38 @@ def test_sigkill_at_every_flush_and_rename_of_a_save(tmp_path: Path) -> None:
     TERMINAL_SUMMARY.setdefault("directory kill points", []).append(
         f"killed one CheckpointStore save at each of {tried} syscalls: {counts}"
     )
+
+
+def test_sweep_removes_a_dead_writers_generation_on_a_store(place: Place) -> None:
+    if place.kind == "local":
+        pytest.skip("local staging directories are covered above")
+    from atomicwrite._local import host_tag
+
+    target = place.url("ckpt")
+    with atomic_directory(target, storage_options=place.options) as stage:
+        write_files(stage, {"kept": b"published"}, place)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    orphan = f"gen.{time.time_ns()}.{host_tag()}.{dead_pid}.0123abcd"
+    place.fs.pipe_file(place.fs._strip_protocol(f"{target}/{orphan}/shard.bin"), b"never committed")
+    live = begin_directory(target, storage_options=place.options)  # this process's, in progress
+    write_files(live.staging, {"pending": b"still being written"}, place)
+    try:
+        removed = sweep(target, older_than=0, storage_options=place.options)
+        assert [url.rstrip("/").rpartition("/")[2] for url in removed] == [orphan]
+        current = open_directory(target, storage_options=place.options).manifest.generation
+        live_generation = live.staging.location.rpartition("/")[2]
+        assert {entry.split("/")[0] for entry in place.everything("ckpt")} == {
+            MANIFEST_NAME,
+            current,
+            live_generation,
+        }
+    finally:
+        live.discard()
+    assert verify_directory(target, storage_options=place.options).ok
+    assert {entry.split("/")[0] for entry in place.everything("ckpt")} == {MANIFEST_NAME, current}
+
+
+def test_checkpoint_store_refuses_stores_without_compare_and_swap_support() -> None:
+    with pytest.raises(UnsupportedTargetError):
+        CheckpointStore("gs://bucket/run")
