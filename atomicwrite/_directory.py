@@ -275,16 +275,12 @@ class DirectoryTransaction:
     """One directory write: stage, then exactly one of `commit` or `discard`.
 
     [`atomic_directory`][atomicwrite.atomic_directory] drives one; the multi-process adapters
-    split the steps between processes (each flushes and hashes its own files with `entries`,
-    one commits).
+    split the steps between processes (each flushes and hashes its own files, one commits with
+    what they reported).
     """
 
     strategy_name: str = ""
     staging: StagingDirectory
-
-    def entries(self, names: frozenset[str] | set[str] | None = None) -> list[FileEntry]:
-        """Flush and describe the staged files (only ``names`` if given)."""
-        raise NotImplementedError
 
     def commit(self, reported: Mapping[str, FileEntry] | None = None) -> DirectoryCommitResult:
         """Publish.  ``reported``: entries other processes computed for their files; each must
@@ -416,12 +412,6 @@ class _LocalTransaction(DirectoryTransaction):
             return FileEntry(name, size, _digest_fd(fd) if self._checksums else None)
         finally:
             os.close(fd)
-
-    def entries(self, names: frozenset[str] | set[str] | None = None) -> list[FileEntry]:
-        try:
-            return [self._entry(name) for name in sorted(names if names is not None else self._walk())]
-        except OSError as exc:
-            raise os_error(exc, self._location, "flushing the staged files") from exc
 
     def commit(self, reported: Mapping[str, FileEntry] | None = None) -> DirectoryCommitResult:
         if self._stage_fd is None:
@@ -672,14 +662,6 @@ class _StoreTransaction(DirectoryTransaction):
                 digest.update(chunk)
         return FileEntry(name, size, digest.hexdigest())
 
-    def entries(self, names: frozenset[str] | set[str] | None = None) -> list[FileEntry]:
-        staged = self._listing()
-        wanted = sorted(staged if names is None else names)
-        missing = [name for name in wanted if name not in staged]
-        if missing:
-            raise AtomicWriteError(f"{self._location!r}: declared files were not written: {', '.join(missing)}")
-        return [self._entry(name, staged[name]) for name in wanted]
-
     def commit(self, reported: Mapping[str, FileEntry] | None = None) -> DirectoryCommitResult:
         from ._api import atomic_open
 
@@ -755,9 +737,11 @@ def describe_files(
             except OSError as exc:
                 raise os_error(exc, path, "flushing a staged file", verb="describe") from exc
             try:
+                st = os.fstat(fd)
+                if stat.S_ISDIR(st.st_mode):
+                    continue  # a name used as a directory (``stage / "shards"``), not a file
                 os.fsync(fd)
-                size = os.fstat(fd).st_size
-                entries.append(FileEntry(clean, size, _digest_fd(fd) if checksums else None))
+                entries.append(FileEntry(clean, st.st_size, _digest_fd(fd) if checksums else None))
             finally:
                 os.close(fd)
             continue
@@ -766,7 +750,10 @@ def describe_files(
         url = f"{staging.location}/{clean}"
         fs, path = fsspec.core.url_to_fs(url, **staging.storage_options)
         fs.invalidate_cache()
-        size = int(fs.info(path)["size"])
+        info = fs.info(path)
+        if info.get("type") == "directory":
+            continue  # a prefix of other files, not a file
+        size = int(info["size"])
         known = staging.known_entry(clean)
         if known is not None and known.size == size:
             entries.append(known)

@@ -651,3 +651,31 @@ def test_sweep_removes_a_dead_writers_generation_on_a_store(place: Place) -> Non
 def test_checkpoint_store_refuses_stores_without_compare_and_swap_support() -> None:
     with pytest.raises(UnsupportedTargetError):
         CheckpointStore("gs://bucket/run")
+
+
+def test_each_process_describes_the_files_it_declared(place: Place) -> None:
+    """What a rank reports in a multi-rank save: its own files, flushed and hashed; a name used
+    as a directory is not a file; a declared file that was never written is an error."""
+    import hashlib
+
+    from atomicwrite._directory import describe_files
+
+    transaction = begin_directory(place.url("ckpt"), storage_options=place.options)
+    try:
+        stage = transaction.staging
+        if place.kind == "local":
+            os.makedirs(stage / "shards")
+        write_files(stage, {"shards/0.bin": b"zero", "mine.bin": b"mine"}, place)
+        with stage.open("opened.bin") as file:
+            file.write(b"opened")
+        entries = describe_files(stage, stage.declared)
+        expected = {"shards/0.bin": b"zero", "mine.bin": b"mine", "opened.bin": b"opened"}
+        assert {(e.name, e.size, e.sha256) for e in entries} == {
+            (name, len(data), hashlib.sha256(data).hexdigest()) for name, data in expected.items()
+        }
+        stage.declare("never-written.bin")
+        with pytest.raises(FileNotFoundError):
+            describe_files(stage, stage.declared)
+    finally:
+        transaction.discard()
+    assert place.siblings() == []
