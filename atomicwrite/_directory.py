@@ -924,11 +924,14 @@ def verify_directory(
     problems: list[DirectoryProblem] = []
     try:
         location, local, fs, data = _read_manifest(target, storage_options)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError) as exc:
         _, location = resolve_target(target)
         exists = os.path.isdir(os.path.expanduser(location)) if not text.partition("://")[1] else False
         kind: ProblemKind = "no-manifest" if exists else "no-directory"
-        detail = "no manifest: not published by atomic_directory, or damaged" if exists else "does not exist"
+        if exists:
+            detail = "no manifest: not published by atomic_directory, or damaged"
+        else:
+            detail = "not a directory" if isinstance(exc, NotADirectoryError) else "does not exist"
         return DirectoryVerification(text, None, (DirectoryProblem(kind, "", detail),), checksums)
     try:
         manifest = DirectoryManifest.from_json(data)

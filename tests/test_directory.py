@@ -235,6 +235,17 @@ def test_verify_without_a_directory(place: Place) -> None:
     assert [problem.kind for problem in verification.problems] == ["no-directory"]
 
 
+def test_verify_a_plain_directory_or_a_file(tmp_path: Path) -> None:
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "file").write_bytes(b"x")
+    assert [p.kind for p in verify_directory(tmp_path / "plain").problems] == ["no-manifest"]
+    assert [(p.kind, p.detail) for p in verify_directory(tmp_path / "file").problems] == [
+        ("no-directory", "not a directory")
+    ]
+    (tmp_path / "plain" / MANIFEST_NAME).write_text("{not json")
+    assert [p.kind for p in verify_directory(tmp_path / "plain").problems] == ["bad-manifest"]
+
+
 def test_racing_publishers_on_a_store_one_wins(place: Place) -> None:
     if place.kind == "local":
         pytest.skip("locally the last rename wins; the race is between object-store manifests")
