@@ -80,13 +80,27 @@ class Place:
 
 
 @pytest.fixture(scope="module")
-def s3fs_instance(moto_endpoint: str) -> Any:
+def s3fs_instance(moto_endpoint: str) -> Iterator[Any]:
     import fsspec
 
     fs = fsspec.filesystem("s3", **s3_options(moto_endpoint))
     if not fs.exists(BUCKET):
         fs.call_s3("create_bucket", Bucket=BUCKET)
-    return fs
+    yield fs
+    # Close the pooled connections now, rather than when their keep-alive runs out during a
+    # later module's test (some count this process's descriptors); the next user of these
+    # storage_options gets a fresh file system from fsspec.
+    type(fs).clear_instance_cache()
+    if fs._s3 is not None:
+        type(fs).close_session(fs.loop, fs._s3)
+    deadline = time.monotonic() + 5
+    previous = -1
+    while time.monotonic() < deadline:
+        count = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 0
+        if count == previous:
+            break
+        previous = count
+        time.sleep(0.2)
 
 
 @pytest.fixture(params=["local", "memory", "s3"])
