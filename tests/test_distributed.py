@@ -68,7 +68,9 @@ def check_generation(store: CheckpointStore, name: str, world: int, step: int) -
 
 @pytest.mark.slow
 @pytest.mark.parametrize("world", [2, 4])
-def test_a_rank_killed_mid_save_publishes_nothing(tmp_path: Path, world: int) -> None:
+def test_a_failed_rank_publishes_nothing(tmp_path: Path, world: int) -> None:
+    """One rank SIGKILLed mid-save, then (2 ranks) one that raises: nothing is published, the
+    previous generation stays latest and loads, and the next save works."""
     root = tmp_path / "run"
     store = CheckpointStore(root)
 
@@ -92,23 +94,22 @@ def test_a_rank_killed_mid_save_publishes_nothing(tmp_path: Path, world: int) ->
     sweep(root, older_than=0)
     assert sorted(os.listdir(root)) == ["gen-00000001", "latest"]
 
-    again = run_ranks(tmp_path, root, world, "ok", 3)
-    assert all(result.get("published") == "gen-00000002" for _, result in again), again
-    check_generation(store, "gen-00000002", world, 2)
+    if world > 2:
+        return  # each run starts torch in every rank: the longer sequence runs with 2 ranks
 
-
-@pytest.mark.slow
-def test_a_rank_that_raises_aborts_every_rank(tmp_path: Path) -> None:
-    root = tmp_path / "run"
-    store = CheckpointStore(root)
-    assert all(result.get("published") for _, result in run_ranks(tmp_path, root, 2, "ok", 1))
-    raised = run_ranks(tmp_path, root, 2, "raise", 2)
+    # A rank that raises in its block: every rank aborts, the staging area goes.
+    raised = run_ranks(tmp_path, root, world, "raise", 3)
     assert [code for code, _ in raised] == [0, 0], raised
     assert "aborted" in raised[0][1], raised
     assert raised[1][1].get("error") == "RuntimeError: rank 1 failed on purpose", raised
     assert store.generations() == ["gen-00000001"]
-    assert sorted(os.listdir(root)) == ["gen-00000001", "latest"]  # the staging area is gone
+    assert sorted(os.listdir(root)) == ["gen-00000001", "latest"]
     assert verify_directory(root / "gen-00000001").ok
+
+    # And the next save goes through.
+    again = run_ranks(tmp_path, root, world, "ok", 4)
+    assert all(result.get("published") == "gen-00000002" for _, result in again), again
+    check_generation(store, "gen-00000002", world, 2)
 
 
 # --- torch.distributed.checkpoint -----------------------------------------------------------
