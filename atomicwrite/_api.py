@@ -526,6 +526,11 @@ def sweep(
 ) -> list[str]:
     """Remove the temp files (or pending uploads) that dead writers left in ``location``.
 
+    This includes the staging directories of [`atomic_directory`][atomicwrite.atomic_directory]
+    (``.{name}.aw...stage``) and the temp links of a `CheckpointStore` pointer swap
+    (``.latest.aw...link``) in a local ``location``, and the unpublished generations under an
+    object-store ``location`` that was given to ``atomic_directory``.
+
     Only this library's own leftovers are touched, recognised by their name: never a user's
     file, and never the temp of a writer that is still running.  On this host a writer's
     liveness is known for sure (its temp stays locked while it runs).  A leftover whose writer
