@@ -526,6 +526,11 @@ def sweep(
 ) -> list[str]:
     """Remove the temp files (or pending uploads) that dead writers left in ``location``.
 
+    This includes the staging directories of [`atomic_directory`][atomicwrite.atomic_directory]
+    (``.{name}.aw...stage``) and the temp links of a `CheckpointStore` pointer swap
+    (``.latest.aw...link``) in a local ``location``, and the unpublished generations under an
+    object-store ``location`` that was given to ``atomic_directory``.
+
     Only this library's own leftovers are touched, recognised by their name: never a user's
     file, and never the temp of a writer that is still running.  On this host a writer's
     liveness is known for sure (its temp stays locked while it runs).  A leftover whose writer
@@ -537,4 +542,15 @@ def sweep(
     if seconds < 0:
         raise UsageError(f"older_than must not be negative, not {older_than!r}")
     strategy, path = resolve_target(location)
-    return strategy.sweep(path, seconds, dry_run, WriteOptions(storage_options=dict(storage_options or {})))
+    options = WriteOptions(storage_options=dict(storage_options or {}))
+    removed = strategy.sweep(path, seconds, dry_run, options)
+    from ._objectstore import ObjectStoreStrategy
+
+    if isinstance(strategy, ObjectStoreStrategy):
+        # Unpublished generations of an atomic_directory at ``location`` (local ones are
+        # staging directories under temp names, which the strategy's sweep removes).
+        from ._directory import sweep_generations
+
+        fs = strategy.filesystem(options)
+        removed += sweep_generations(fs, fs._strip_protocol(path), seconds, dry_run, strategy.url)
+    return removed

@@ -20,6 +20,7 @@ __all__ = [
     "AtomicWriteError",
     "ConflictError",
     "CrossDeviceError",
+    "DistributedAbortError",
     "DurabilityError",
     "NoSpaceError",
     "SerializerNotFoundError",
@@ -71,6 +72,11 @@ class DurabilityError(AtomicWriteError):
     def __init__(self, message: str, *, result: CommitResult) -> None:
         super().__init__(message)
         self.result = result
+
+
+class DistributedAbortError(AtomicWriteError):
+    """Another rank failed during a multi-rank save (``atomicwrite.distributed``), so nothing
+    was published.  The rank that failed raises its own error; the others raise this one."""
 
 
 class AtomicOSError(AtomicWriteError, OSError):

@@ -14,6 +14,7 @@ import os
 import re
 import socket
 import stat
+import sys
 import time
 import zlib
 from abc import abstractmethod
@@ -32,6 +33,7 @@ __all__ = [
     "TempFileStream",
     "host_tag",
     "lock_name",
+    "parse_staging_name",
     "parse_temp_name",
     "temp_name",
 ]
@@ -44,6 +46,11 @@ _SUFFIX = ".tmp"
 FRESH_TEMP_GRACE = 10.0
 _TEMP_NAME = re.compile(
     r"^\.(?P<name>.+)\.aw(?P<host>[0-9a-f]{8})\.(?P<pid>[0-9]{1,10})\.(?P<rand>[0-9a-f]{8})\.tmp$", re.DOTALL
+)
+
+_STAGING_NAME = re.compile(
+    r"^\.(?P<name>.+)\.aw(?P<host>[0-9a-f]{8})\.(?P<pid>[0-9]{1,10})\.(?P<rand>[0-9a-f]{8})\.(?P<kind>stage|link)$",
+    re.DOTALL,
 )
 
 _host_tag: str | None = None
@@ -65,9 +72,14 @@ def _fit(name: str, room: int) -> str:
     return encoded[:room].decode("utf-8", "ignore")
 
 
-def temp_name(name: str) -> str:
-    """A fresh temp name for a write to ``name``, at most NAME_MAX bytes long."""
-    tail = f".aw{host_tag()}.{os.getpid()}.{os.urandom(4).hex()}{_SUFFIX}"
+def temp_name(name: str, suffix: str = _SUFFIX) -> str:
+    """A fresh temp name for a write to ``name``, at most NAME_MAX bytes long.
+
+    ``suffix`` is ``.tmp`` for a temp file, ``.stage`` for an atomic_directory's staging
+    directory and ``.link`` for a symlink about to replace another: sweep() removes only a
+    regular file as a ``.tmp``, only a directory as a ``.stage``, only a symlink as a ``.link``.
+    """
+    tail = f".aw{host_tag()}.{os.getpid()}.{os.urandom(4).hex()}{suffix}"
     return "." + _fit(name, NAME_MAX - 1 - len(tail)) + tail
 
 
@@ -77,6 +89,15 @@ def parse_temp_name(entry: str) -> tuple[str, int] | None:
     if match is None:
         return None
     return match.group("host"), int(match.group("pid"))
+
+
+def parse_staging_name(entry: str) -> tuple[str, int, str] | None:
+    """``(host_tag, pid, kind)`` if ``entry`` names a staging directory (kind ``"stage"``) or a
+    pointer's temp symlink (``"link"``), else None."""
+    match = _STAGING_NAME.match(entry)
+    if match is None:
+        return None
+    return match.group("host"), int(match.group("pid")), match.group("kind")
 
 
 def lock_name(name: str) -> str:
@@ -218,6 +239,21 @@ class LocalStrategy(Strategy):
         for entry in entries:
             parsed = parse_temp_name(entry)
             if parsed is None:
+                staged = parse_staging_name(entry)
+                if staged is not None and sys.platform != "win32":
+                    from ._directory import remove_stale_staging
+
+                    host, pid, kind = staged
+                    if remove_stale_staging(
+                        directory,
+                        entry,
+                        kind,
+                        same_host=host == host_tag(),
+                        pid=pid,
+                        cutoff=now - older_than,
+                        dry_run=dry_run,
+                    ):
+                        removed.append(os.path.join(directory, entry))
                 continue
             host, pid = parsed
             stale = self.remove_if_stale(
