@@ -285,6 +285,11 @@ class _AtomicAsyncCheckpointIOMethods(_AtomicCheckpointIOMethods):
 class _AtomicModelCheckpointMethods:
     """What `AtomicModelCheckpoint` changes in ``ModelCheckpoint``."""
 
+    def _generate_state_key(self, **kwargs: Any) -> str:
+        # ModelCheckpoint's own key: a run saved with the stock callback resumes with this one
+        # (and back) keeping its best-k bookkeeping and its last.ckpt name.
+        return f"ModelCheckpoint{kwargs!r}"
+
     @staticmethod
     def _link_checkpoint(trainer: Any, filepath: str, linkpath: str) -> None:
         if trainer.is_global_zero and os.path.abspath(filepath) != os.path.abspath(linkpath):

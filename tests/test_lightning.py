@@ -133,8 +133,20 @@ def test_fit_keeps_top_k_and_last_then_resumes(namespace: str, io: str, save_las
     resumed, _ = fit(namespace, tmp_path, io=io, save_last=save_last, epochs=6, resume=True)
     assert resumed.ckpt_path == str(last)
     assert resumed.global_step == 12
+    assert sorted(resumed.checkpoint_callback.best_k_models) != []
     assert len(checkpoint_files(tmp_path)) == 3
     assert temps(tmp_path) == []
+
+
+def test_state_is_interchangeable_with_the_stock_model_checkpoint(tmp_path: Path) -> None:
+    """A run saved with Lightning's ModelCheckpoint resumes with ours, best-k bookkeeping included."""
+    _, stock = fit("lightning", tmp_path, io="lightning", epochs=2, stock_checkpoint=True)
+    ours = classes_for("lightning").model_checkpoint(monitor="val_loss", dirpath=tmp_path)
+    assert ours.state_key == stock.state_key
+    resumed, callback = fit("lightning", tmp_path, epochs=3, resume=True)
+    assert resumed.ckpt_path == str(tmp_path / "last.ckpt")
+    assert callback.last_model_path == str(tmp_path / "last.ckpt")  # not last-v1.ckpt
+    assert checkpoint_files(tmp_path) == sorted([*(os.path.basename(p) for p in callback.best_k_models), "last.ckpt"])
 
 
 def test_classes_of_the_two_namespaces_are_different() -> None:
@@ -444,20 +456,28 @@ def kill_when_ready(proc: subprocess.Popen[str], ready: Path, timeout: float = 1
 
 
 BALLAST_MIB = 24
+BALLAST = ("--ballast-mib", str(BALLAST_MIB))
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run directory after 2 epochs: epoch00.ckpt, epoch01.ckpt and last.ckpt (~24 MiB each)."""
-    directory = tmp_path_factory.mktemp("trained") / "run"
-    finish(run_worker("train", str(directory), "--epochs", "2", "--ballast-mib", str(BALLAST_MIB)))
-    return directory
+    """A run directory after 2 epochs: epoch00.ckpt, epoch01.ckpt and last.ckpt (~24 MiB each).
+
+    Returned is a pristine copy; `kill_mid_save` puts it back in place before each run, since a
+    resumed ModelCheckpoint only keeps writing last.ckpt in the directory it was saved from.
+    """
+    base = tmp_path_factory.mktemp("trained")
+    finish(run_worker("train", str(base / "run"), "--epochs", "2", "--ballast-mib", str(BALLAST_MIB)))
+    shutil.copytree(base / "run", base / "pristine", symlinks=True)
+    return base / "pristine"
 
 
-def kill_mid_save(source: Path, work: Path, io: str, stage: str, env: dict[str, str] | None = None) -> Path:
-    """Copy the trained run to ``work``, resume it and SIGKILL it half way through last.ckpt."""
-    directory = work / "run"
-    shutil.copytree(source, directory, symlinks=True)
+def kill_mid_save(pristine: Path, work: Path, io: str, stage: str, env: dict[str, str] | None = None) -> Path:
+    """Resume the trained run and SIGKILL it half way through writing last.ckpt."""
+    directory = pristine.parent / "run"
+    shutil.rmtree(directory)
+    shutil.copytree(pristine, directory, symlinks=True)
+    work.mkdir(parents=True, exist_ok=True)
     ready = work / "ready"
     proc = run_worker(
         "kill-target",
@@ -496,7 +516,7 @@ def test_sigkill_mid_save_keeps_the_old_last_and_resumes(trained: Path, tmp_path
     assert temps(directory) == []
     assert not any(name.startswith(".") for name in os.listdir(directory))
     report = tmp_path / "report.json"
-    finish(run_worker("train", str(directory), "--epochs", "4", "--resume", "--report", str(report)))
+    finish(run_worker("train", str(directory), "--epochs", "4", "--resume", "--report", str(report), *BALLAST))
     result = json.loads(report.read_text())
     assert result["resumed_from"] == str(directory / "last.ckpt")
     assert result["global_step"] == 8
@@ -548,7 +568,7 @@ def test_sigkill_mid_save_with_lightnings_own_plugin(trained: Path, tmp_path: Pa
         assert torn_size < size
         # The stock resume picks it and fails; ours (AtomicModelCheckpoint) skips it.
         report = tmp_path / "report.json"
-        finish(run_worker("train", str(directory), "--epochs", "3", "--resume", "--report", str(report)))
+        finish(run_worker("train", str(directory), "--epochs", "3", "--resume", "--report", str(report), *BALLAST))
         resumed_from = json.loads(report.read_text())["resumed_from"]
         assert resumed_from != str(directory / "last.ckpt")
         assert awt.validate(resumed_from)
