@@ -54,7 +54,8 @@ def demo(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Benchmarks against the raw-syscall floor and peers, as ratios measured in one run."""
-    session.install("-e", ".")
+    session.install(TORCH)
+    session.install("-e", ".", LIGHTNING)
     session.run("python", "-m", "benchmarks", *session.posargs)
 
 
