@@ -271,9 +271,13 @@ class _Snapshot:
     def _tensor(self, tensor: Any) -> Any:
         torch = self._torch
         plain = type(tensor) in (torch.Tensor, torch.nn.Parameter)
-        if not plain or tensor.layout != torch.strided or tensor.is_quantized or tensor.device.type == "meta":
+        strided = tensor.layout == torch.strided
+        if not plain or not strided or tensor.is_quantized or tensor.device.type == "meta":
             # Sparse, quantized and subclassed tensors: one detached CPU copy each.
             return tensor.detach().to("cpu", copy=True)
+        if tensor.is_conj() or tensor.is_neg():
+            # A lazily conjugated or negated view: its storage alone does not hold its values.
+            return tensor.detach().resolve_conj().resolve_neg().to("cpu", copy=True)
         storage = tensor.untyped_storage()
         key = (str(storage.device), storage.data_ptr(), storage.nbytes())
         copied = self._storages.get(key)

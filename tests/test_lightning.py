@@ -678,3 +678,18 @@ def test_ddp_only_rank_zero_writes_and_every_rank_sees_the_file(tmp_path: Path) 
     seen = [json.loads((directory / f"seen-rank{rank}.json").read_text()) for rank in (0, 1)]
     assert seen == [{"rank": 0, "valid": True}, {"rank": 1, "valid": True}]
     assert awt.validate(directory / "ddp.ckpt")
+
+
+def test_importing_the_adapters_imports_neither_torch_nor_lightning() -> None:
+    code = textwrap.dedent(
+        """
+        import sys
+        import atomicwrite.lightning, atomicwrite.pytorch_lightning
+        heavy = ("torch", "lightning", "pytorch_lightning", "lightning_fabric")
+        loaded = sorted(name for name in heavy if name in sys.modules)
+        print(loaded)
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert result.stdout.strip() == "[]"

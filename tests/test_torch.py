@@ -548,6 +548,34 @@ def test_background_save_snapshots_tensors_before_returning(tmp_path: Path) -> N
     assert loaded["p"].requires_grad
 
 
+def test_background_save_of_unusual_tensors(tmp_path: Path) -> None:
+    complex_values = torch.tensor([1 + 2j, 3 - 4j])
+    state = {
+        "conj": complex_values.conj(),  # a view with the conjugate bit: values not in its storage
+        "neg": complex_values.conj().imag,  # a negated view
+        "sparse": torch.eye(3).to_sparse(),
+        "empty": torch.empty(0),
+        "strided": torch.arange(12.0).reshape(3, 4).t(),
+        "nested": [(torch.ones(2),), {"deep": torch.zeros(2)}],
+    }
+    expected = {
+        "conj": complex_values.conj().resolve_conj(),
+        "neg": -complex_values.imag,
+        "sparse": torch.eye(3),
+        "strided": torch.arange(12.0).reshape(3, 4).t(),
+    }
+    awt.save(state, tmp_path / "odd.pt", background=True).result(timeout=60)
+    loaded = awt.load(tmp_path / "odd.pt")
+    assert torch.equal(loaded["conj"].resolve_conj(), expected["conj"])
+    assert torch.equal(loaded["neg"].resolve_neg(), expected["neg"])
+    assert torch.equal(loaded["sparse"].to_dense(), expected["sparse"])
+    assert loaded["empty"].numel() == 0
+    assert torch.equal(loaded["strided"], expected["strided"])
+    assert loaded["strided"].stride() == (1, 4)
+    assert isinstance(loaded["nested"][0], tuple)
+    assert torch.equal(loaded["nested"][1]["deep"], torch.zeros(2))
+
+
 def test_async_saves_of_one_target_commit_in_order(tmp_path: Path) -> None:
     target = tmp_path / "model.pt"
     with awt.AsyncSaver(max_pending=3) as saver:
