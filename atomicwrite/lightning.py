@@ -121,20 +121,28 @@ def _fsync_directory(directory: str) -> None:
         os.close(fd)
 
 
+def _dead(pid: int) -> bool:
+    """Whether no process of this host has this pid (never claimed on Windows)."""
+    if sys.platform == "win32":
+        return False
+    else:  # the else keeps the POSIX import out of mypy --platform win32
+        from ._posix import pid_alive
+
+        return not pid_alive(pid)
+
+
 def _remove_dead_link_temps(directory: str, name: str) -> None:
     """Remove temp symlinks for ``name`` left by a dead process of this host (a kill between the
     symlink and the rename).  `sweep` leaves symlinks alone, so the next link does it."""
     if sys.platform == "win32":
         return
-    from ._posix import pid_alive
-
     prefix = "." + name + "."
     with os.scandir(directory) as entries:
         for entry in entries:
             if not entry.name.startswith(prefix) or not entry.is_symlink():
                 continue
             parsed = parse_temp_name(entry.name)
-            if parsed is not None and parsed[0] == host_tag() and not pid_alive(parsed[1]):
+            if parsed is not None and parsed[0] == host_tag() and _dead(parsed[1]):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
 

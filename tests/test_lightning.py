@@ -96,7 +96,9 @@ def fit(
         save_top_k=2,
         save_last=save_last,
     )
-    trainer = pl.Trainer(max_epochs=epochs, callbacks=[checkpoint], plugins=plugins, **QUIET)
+    trainer = pl.Trainer(
+        max_epochs=epochs, callbacks=[checkpoint], plugins=plugins, default_root_dir=directory, **QUIET
+    )
     train_loader, val_loader = loaders()
     trainer.fit(make_model(pl), train_loader, val_loader, ckpt_path="last" if resume else None)
     return trainer, checkpoint
@@ -332,13 +334,14 @@ def test_storage_options_route_to_fsspec(moto_endpoint: str) -> None:  # noqa: F
 def test_trainer_save_checkpoint_with_storage_options(tmp_path: Path) -> None:
     """Lightning's own plugin raises TypeError on storage_options; ours takes them."""
     pl = namespace_modules("lightning")
-    trainer = pl.Trainer(max_epochs=1, plugins=[classes_for("lightning").checkpoint_io()], **QUIET)
+    no_callbacks = {"enable_checkpointing": False, "default_root_dir": tmp_path, **QUIET}
+    trainer = pl.Trainer(max_epochs=1, plugins=[classes_for("lightning").checkpoint_io()], **no_callbacks)
     train_loader, _ = loaders()
     trainer.fit(make_model(pl), train_loader)
     url = f"memory://lightning-tests/{uuid.uuid4().hex}/manual.ckpt"
     trainer.save_checkpoint(url, storage_options={"skip_instance_cache": False})
     assert awt.validate(url)
-    stock = pl.Trainer(max_epochs=1, **QUIET)
+    stock = pl.Trainer(max_epochs=1, **no_callbacks)
     stock.fit(make_model(pl), train_loader)
     with pytest.raises(TypeError, match="storage_options"):
         stock.save_checkpoint(tmp_path / "stock.ckpt", storage_options={})
