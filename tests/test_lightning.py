@@ -386,6 +386,26 @@ def test_link_is_never_missing_while_it_moves(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="symlinks need a privilege on Windows")
+def test_async_last_link_waits_for_the_save_it_points_to(tmp_path: Path) -> None:
+    pl = namespace_modules("lightning")
+    classes = classes_for("lightning")
+    plugin = classes.async_checkpoint_io()
+    trainer = pl.Trainer(plugins=[plugin], enable_checkpointing=False, default_root_dir=tmp_path, **QUIET)
+    old, new, last = tmp_path / "epoch1.ckpt", tmp_path / "epoch2.ckpt", tmp_path / "last.ckpt"
+    plugin.save_checkpoint({"step": 1}, old)
+    plugin.wait()
+    link_atomically(old, last)
+    plugin.save_checkpoint({"step": 2, "slow": SlowToPickle(0.5)}, new)
+    classes.model_checkpoint._link_checkpoint(trainer, str(new), str(last))
+    # Queued behind the save: last.ckpt still points to a checkpoint that exists.
+    assert os.readlink(last) == "epoch1.ckpt"
+    assert not new.exists()
+    plugin.wait()
+    assert os.readlink(last) == "epoch2.ckpt"
+    assert awt.load(last, weights_only=False)["step"] == 2
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="symlinks need a privilege on Windows")
 def test_link_replaces_a_regular_file_and_cleans_a_dead_writers_temp(tmp_path: Path) -> None:
     target = tmp_path / "epoch3.ckpt"
     target.write_bytes(b"new")
