@@ -11,6 +11,8 @@ nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
 # None: the interpreter nox itself runs on, so `python3 -m nox` works wherever python3 does.
 PYTHON = None
 TORCH = "torch==2.13.0"
+# lightning also installs the standalone pytorch_lightning / lightning_fabric: both are tested.
+LIGHTNING = "lightning>=2.6,<2.7"
 # mkdocstrings-python 1.19 is the first to order the reference by __all__.
 DOCS_REQUIREMENTS = ["mkdocs==1.6.1", "mkdocs-material>=9.5", "mkdocstrings>=1.0", "mkdocstrings-python>=1.19"]
 
@@ -20,7 +22,7 @@ def tests(session: nox.Session) -> None:
     """The whole test suite.  `nox -s tests -- -m "not slow"` skips the long multi-process tests."""
     # The pinned CPU build first: a bare or newer torch pulls a multi-GB CUDA build.
     session.install(TORCH)
-    session.install("-e", ".[dev]", "numpy", "safetensors")
+    session.install("-e", ".[dev]", "numpy", "safetensors", LIGHTNING)
     session.run("pytest", *(session.posargs or ["-q"]))
 
 
@@ -42,15 +44,18 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def demo(session: nox.Session) -> None:
-    """The crash demo: writers SIGKILLed mid-save, plain open() against atomic_open."""
-    session.install("-e", ".[demo]")
+    """The crash demo: writers SIGKILLed mid-save, plain open() against atomic_open, and a
+    training run killed while it saves a checkpoint."""
+    session.install(TORCH)
+    session.install("-e", ".[demo]", LIGHTNING)
     session.run("atomicwrite", "demo", *session.posargs)
 
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Benchmarks against the raw-syscall floor and peers, as ratios measured in one run."""
-    session.install("-e", ".")
+    session.install(TORCH)
+    session.install("-e", ".", LIGHTNING)
     session.run("python", "-m", "benchmarks", *session.posargs)
 
 

@@ -252,6 +252,11 @@ def sweep_command(path: str, older_than: float, dry_run: bool, storage: dict[str
     show_default=True,
     help="S3 payload size in MiB; above 5 MiB (the part size) atomic_open uses a multipart upload.",
 )
+@click.option(
+    "--no-training",
+    is_flag=True,
+    help="Skip the Lightning part (a training run killed while it saves a checkpoint, then resumed).",
+)
 @click.pass_context
 def demo_command(
     ctx: click.Context,
@@ -266,12 +271,15 @@ def demo_command(
     no_s3: bool,
     s3_kills: int | None,
     s3_size_mb: float,
+    no_training: bool,
 ) -> None:
     """SIGKILL a writer mid-save, again and again: plain open() versus atomic_open.
 
     On local disk, then against an in-process S3 server (moto), where fsspec's fs.open("wb")
     stands in for plain open().  The S3 part needs moto[server] and s3fs
-    (pip install 'atomicwrite[demo]'); without them it is skipped.
+    (pip install 'atomicwrite[demo]'); without them it is skipped.  Where torch and lightning
+    are installed, a tiny Lightning training run is then killed while it saves a checkpoint and
+    resumed from it.
 
     Exits 0 when atomic_open never left a torn, empty or missing file or object and sweep()
     removed every leftover; plain open() is expected to leave torn files.
@@ -289,6 +297,7 @@ def demo_command(
         s3=not no_s3,
         s3_kills=s3_kills,
         s3_size_mb=s3_size_mb,
+        training=not no_training,
         echo=click.echo,
     )
     ctx.exit(code)

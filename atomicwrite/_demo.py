@@ -623,6 +623,18 @@ def _verdict(plain: MethodReport, atomic: MethodReport, echo: Callable[[str], ob
     return failed
 
 
+def _run_training(base: str, rng: random.Random, echo: Callable[[str], object]) -> bool:
+    """The training part; True if it failed."""
+    from ._demo_lightning import run_training_demo, training_unavailable
+
+    missing = training_unavailable()
+    if missing is not None:
+        echo("")
+        echo(f"Lightning: skipped, {missing}")
+        return False
+    return not run_training_demo(base, rng, echo)
+
+
 def run_demo(
     *,
     kills: int = 20,
@@ -635,13 +647,15 @@ def run_demo(
     s3: bool = True,
     s3_kills: int | None = None,
     s3_size_mb: float = 16.0,
+    training: bool = True,
     echo: Callable[[str], object] = print,
 ) -> int:
     """Run the demo, print the table through ``echo``; 0 if atomic_open never left a damaged
     file or object (and sweep left nothing behind), 1 otherwise.
 
     ``s3_kills`` defaults to ``kills``, at most :data:`DEFAULT_S3_KILLS`; ``s3=False`` skips
-    the S3 part."""
+    the S3 part.  ``training`` adds a Lightning training run killed mid-save and resumed (where
+    torch and lightning are installed)."""
     if kills < 1:
         raise ValueError("kills must be at least 1")
     if s3_kills is None:
@@ -706,6 +720,8 @@ def run_demo(
         failed = False
         for index in range(0, len(reports), 2):
             failed = _verdict(reports[index], reports[index + 1], echo) or failed
+        if training:
+            failed = _run_training(base, rng, echo) or failed
         echo(f"finished in {time.perf_counter() - started:.1f} s ({timings})" + (f"; kept {base}" if keep else ""))
         return 1 if failed else 0
     finally:

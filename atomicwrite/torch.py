@@ -5,13 +5,16 @@ import atomicwrite.torch as awt
 
 awt.save(model.state_dict(), "ckpt/step-1000.pt")          # or "s3://bucket/run/step-1000.pt"
 state = awt.load(awt.latest_valid("ckpt/"), map_location="cpu")
+future = awt.save(model.state_dict(), "ckpt/step-2000.pt", background=True)  # training goes on
 ```
 
 `save` streams ``torch.save`` straight into an atomic write: no copy of the checkpoint is held
 in memory (each tensor's storage is one write to the temp file or upload), and a save that fails,
 or a process killed half way, leaves the previous checkpoint in place.  `validate` tells a
 complete checkpoint from a torn (truncated) file and from the *footer-only* zip that
-``torch.save`` leaves in a plain file when pickling raises.
+``torch.save`` leaves in a plain file when pickling raises.  `AsyncSaver` (or
+``save(..., background=True)``) takes a CPU snapshot of the tensors and writes it in a worker
+thread while training goes on.
 
 torch is imported only when a function here is called, so ``import atomicwrite.torch`` works
 without it.  The module also provides the ``"torch"``, ``"numpy"`` and ``"safetensors"``
@@ -21,7 +24,10 @@ need numpy or safetensors only when used.
 
 from __future__ import annotations
 
+import atexit
+import collections
 import contextlib
+import copy
 import errno
 import fnmatch
 import os
@@ -29,11 +35,14 @@ import shutil
 import struct
 import sys
 import tempfile
+import threading
+import weakref
 import zipfile
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, TypeVar, overload
 
 from ._api import Target, atomic_open
 from ._errors import AtomicWriteError, UsageError
@@ -43,7 +52,9 @@ from ._strategy import WriteOptions, resolve_target, split_protocol
 
 __all__ = [
     "DEFAULT_PATTERNS",
+    "AsyncSaver",
     "CheckpointError",
+    "DependencyFailedError",
     "ValidationResult",
     "latest_valid",
     "load",
@@ -107,14 +118,39 @@ class ValidationResult:
 # --- save ---------------------------------------------------------------------------------
 
 
+@overload
+def save(
+    obj: Any,
+    target: Target,
+    *,
+    storage_options: Mapping[str, Any] | None = ...,
+    durability: Durability = ...,
+    background: Literal[False] = ...,
+    **torch_save_kwargs: Any,
+) -> CommitResult: ...
+
+
+@overload
+def save(
+    obj: Any,
+    target: Target,
+    *,
+    storage_options: Mapping[str, Any] | None = ...,
+    durability: Durability = ...,
+    background: Literal[True],
+    **torch_save_kwargs: Any,
+) -> Future[CommitResult]: ...
+
+
 def save(
     obj: Any,
     target: Target,
     *,
     storage_options: Mapping[str, Any] | None = None,
     durability: Durability = "full",
+    background: bool = False,
     **torch_save_kwargs: Any,
-) -> CommitResult:
+) -> CommitResult | Future[CommitResult]:
     """``torch.save(obj, ...)`` into an all-or-nothing write of ``target`` (a path or URL).
 
     The checkpoint is streamed to the temp file (or the multipart upload): memory stays at
@@ -122,18 +158,366 @@ def save(
     the process dies, ``target`` keeps its previous content.  ``torch_save_kwargs`` go to
     ``torch.save`` (``pickle_module``, ``pickle_protocol``...); the legacy non-zip format
     (``_use_new_zipfile_serialization=False``) is refused, since `validate` cannot check it.
+
+    With ``background=True`` the tensors are copied to CPU memory now and the write happens in
+    the worker thread of a process-wide `AsyncSaver`: the call returns a
+    ``concurrent.futures.Future`` of the `CommitResult` (see `AsyncSaver.save`).
     """
+    _check_save_kwargs(torch_save_kwargs)
+    if background:
+        return _default_saver().save(
+            obj, target, storage_options=storage_options, durability=durability, **torch_save_kwargs
+        )
+    return _save_now(obj, target, storage_options, durability, torch_save_kwargs)
+
+
+def _check_save_kwargs(torch_save_kwargs: Mapping[str, Any]) -> None:
     if torch_save_kwargs.get("_use_new_zipfile_serialization", True) is False:
         raise UsageError(
             "atomicwrite.torch.save writes torch's zip format only (the one validate() can check);"
             " drop _use_new_zipfile_serialization=False"
         )
+
+
+def _save_now(
+    obj: Any,
+    target: Target,
+    storage_options: Mapping[str, Any] | None,
+    durability: Durability,
+    torch_save_kwargs: Mapping[str, Any],
+) -> CommitResult:
     import torch
 
     with atomic_open(target, "wb", durability=durability, storage_options=storage_options) as file:
         torch.save(obj, file, **torch_save_kwargs)
     assert file.result is not None
     return file.result
+
+
+# --- background saves ------------------------------------------------------------------------
+
+_T = TypeVar("_T")
+
+
+class DependencyFailedError(AtomicWriteError):
+    """An action queued with `AsyncSaver.then` was not run: a save it waited for failed.
+
+    ``__cause__`` is that save's exception.
+    """
+
+
+class _PinnedPool:
+    """Page-locked CPU buffers for copies of GPU storages, reused from one snapshot to the next."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._free: dict[int, list[Any]] = collections.defaultdict(list)
+
+    def take(self, nbytes: int) -> Any:
+        with self._lock:
+            free = self._free.get(nbytes)
+            if free:
+                return free.pop()
+        import torch
+
+        return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True).untyped_storage()
+
+    def give_back(self, buffers: Sequence[Any]) -> None:
+        with self._lock:
+            for buffer in buffers:
+                self._free[buffer.nbytes()].append(buffer)
+
+
+class _Snapshot:
+    """A copy of a checkpoint whose tensors live in CPU memory the caller no longer touches.
+
+    Containers (dicts, lists, tuples) are copied, tensors are copied storage by storage (so views
+    that shared a storage still share one, as ``torch.save`` records them), and every other
+    object is kept by reference.
+    """
+
+    def __init__(self, pool: _PinnedPool) -> None:
+        import torch
+
+        self._torch = torch
+        self._pool = pool
+        self._storages: dict[tuple[str, int, int], Any] = {}
+        self.pinned: list[Any] = []
+        self.copy_done: Any = None  # a CUDA event the writer waits for, when GPU copies were queued
+
+    def take(self, obj: Any) -> Any:  # noqa: PLR0911 - one return per container kind
+        torch = self._torch
+        if isinstance(obj, torch.Tensor):
+            return self._tensor(obj)
+        if isinstance(obj, Mapping) and isinstance(obj, dict):
+            copied = copy.copy(obj)  # keeps the type and attributes (a state_dict's _metadata)
+            for key, value in obj.items():
+                copied[key] = self.take(value)
+            return copied
+        if isinstance(obj, list):
+            items = [self.take(value) for value in obj]
+            if type(obj) is list:
+                return items
+            copied_list = copy.copy(obj)
+            copied_list[:] = items
+            return copied_list
+        if isinstance(obj, tuple):
+            items = [self.take(value) for value in obj]
+            if hasattr(obj, "_fields"):  # a namedtuple
+                return type(obj)(*items)
+            return type(obj)(items) if type(obj) is not tuple else tuple(items)
+        return obj
+
+    def _tensor(self, tensor: Any) -> Any:
+        torch = self._torch
+        plain = type(tensor) in (torch.Tensor, torch.nn.Parameter)
+        strided = tensor.layout == torch.strided
+        if not plain or not strided or tensor.is_quantized or tensor.device.type == "meta":
+            # Sparse, quantized and subclassed tensors: one detached CPU copy each.
+            return tensor.detach().to("cpu", copy=True)
+        if tensor.is_conj() or tensor.is_neg():
+            # A lazily conjugated or negated view: its storage alone does not hold its values.
+            return tensor.detach().resolve_conj().resolve_neg().to("cpu", copy=True)
+        storage = tensor.untyped_storage()
+        key = (str(storage.device), storage.data_ptr(), storage.nbytes())
+        copied = self._storages.get(key)
+        if copied is None:
+            copied = self._storages[key] = self._copy_storage(storage)
+        result = torch.empty(0, dtype=tensor.dtype).set_(
+            copied, tensor.storage_offset(), tensor.size(), tensor.stride()
+        )
+        if isinstance(tensor, torch.nn.Parameter):
+            result = torch.nn.Parameter(result, requires_grad=tensor.requires_grad)
+        return result
+
+    def _copy_storage(self, storage: Any) -> Any:
+        torch = self._torch
+        if storage.device.type == "cpu":
+            return storage.clone()
+        if storage.device.type == "cuda":
+            buffer = self._pool.take(storage.nbytes())
+            self.pinned.append(buffer)
+            buffer.copy_(storage, non_blocking=True)
+            if self.copy_done is None:
+                self.copy_done = torch.cuda.Event()
+            self.copy_done.record(torch.cuda.current_stream(storage.device))
+            return buffer
+        return storage.cpu()
+
+
+_savers: weakref.WeakSet[AsyncSaver] = weakref.WeakSet()
+
+
+class AsyncSaver:
+    """Checkpoint saves that run in a worker thread while the caller goes on.
+
+    ```python
+    saver = AsyncSaver()
+    future = saver.save(model.state_dict(), "ckpt/step-100.pt")  # returns at once
+    ...                                                           # training goes on
+    saver.wait()                                                  # all saves committed
+    ```
+
+    `save` copies every tensor to CPU memory before it returns (GPU tensors go through pinned
+    buffers that are reused from one save to the next), so the caller may go on updating the
+    model; the copy is then written with `atomicwrite.torch.save` semantics (all or nothing).
+    Saves are written one after another, in the order they were made, so two saves of one
+    target commit in that order.  At most ``max_pending`` snapshots wait in memory: a further
+    `save` blocks until one is written.
+
+    A failed save raises from its future and, once, from the next `save`, `then` or `wait` of
+    this saver, so that an error cannot pass unnoticed.  `then` queues an action (removing an
+    old checkpoint, pointing a link at a new one) that runs only once the saves queued before
+    it have committed.  The worker thread is not a daemon: a process that exits normally
+    finishes the saves it started.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_pending: int = 2,
+        durability: Durability = "full",
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        if max_pending < 1:
+            raise UsageError(f"max_pending must be at least 1, not {max_pending!r}")
+        self.max_pending = max_pending
+        self.durability: Durability = durability
+        self.storage_options = dict(storage_options or {})
+        self._slots = threading.BoundedSemaphore(max_pending)
+        self._lock = threading.Condition()
+        self._queue: collections.deque[Callable[[], None]] = collections.deque()
+        self._worker: threading.Thread | None = None
+        self._in_flight: list[Future[Any]] = []  # saves queued or running, oldest first
+        self._unreported: BaseException | None = None
+        self._pool = _PinnedPool()
+        self._closed = False
+        _savers.add(self)
+
+    @property
+    def pending(self) -> int:
+        """How many saves are queued or being written."""
+        with self._lock:
+            return len(self._in_flight)
+
+    def save(
+        self,
+        obj: Any,
+        target: Target,
+        *,
+        storage_options: Mapping[str, Any] | None = None,
+        durability: Durability | None = None,
+        **torch_save_kwargs: Any,
+    ) -> Future[CommitResult]:
+        """Snapshot ``obj``'s tensors to CPU now; write it to ``target`` in the worker.
+
+        Returns a future of the `CommitResult`.  Raises here (before queueing anything) the
+        error of an earlier save that was not reported yet.  ``storage_options`` and
+        ``durability`` default to the saver's.
+        """
+        _check_save_kwargs(torch_save_kwargs)
+        self._check_usable()
+        self._raise_unreported()
+        options = self.storage_options if storage_options is None else storage_options
+        level: Durability = self.durability if durability is None else durability
+        self._slots.acquire()
+        try:
+            snapshot = _Snapshot(self._pool)
+            copied = snapshot.take(obj)
+        except BaseException:
+            self._slots.release()
+            raise
+        future: Future[CommitResult] = Future()
+
+        def write() -> None:
+            try:
+                if snapshot.copy_done is not None:
+                    snapshot.copy_done.synchronize()
+                result = _save_now(copied, target, options, level, torch_save_kwargs)
+            except BaseException as exc:
+                self._failed(exc)
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+            finally:
+                self._pool.give_back(snapshot.pinned)
+                self._slots.release()
+                with self._lock:
+                    self._in_flight.remove(future)
+
+        with self._lock:
+            self._in_flight.append(future)
+        self._enqueue(write)
+        return future
+
+    def then(self, action: Callable[[], _T]) -> Future[_T]:
+        """Run ``action()`` in the worker once every save queued before it has committed.
+
+        If one of those saves failed, ``action`` is not run and the future raises
+        `DependencyFailedError` (caused by that save's error).  Use it for what must not
+        overtake a save: deleting the checkpoint a new one replaces, or moving a link to it.
+        """
+        self._check_usable()
+        self._raise_unreported()
+        with self._lock:
+            awaited = list(self._in_flight)
+        future: Future[_T] = Future()
+
+        def run() -> None:
+            for save_future in awaited:
+                error = save_future.exception()
+                if error is not None:
+                    failure = DependencyFailedError(f"not run: a save it depends on failed: {error}")
+                    failure.__cause__ = error
+                    future.set_exception(failure)
+                    return
+            try:
+                future.set_result(action())
+            except BaseException as exc:
+                self._failed(exc)
+                future.set_exception(exc)
+
+        self._enqueue(run)
+        return future
+
+    def wait(self) -> None:
+        """Block until every queued save and action has run; raise the first unreported error."""
+        if threading.current_thread() is self._worker:
+            raise UsageError("AsyncSaver.wait() cannot be called from the saver's own worker")
+        with self._lock:
+            while self._queue or self._worker is not None:
+                self._lock.wait()
+        self._raise_unreported()
+
+    def close(self) -> None:
+        """Wait for the queued saves (raising an unreported error), then refuse new ones."""
+        try:
+            self.wait()
+        finally:
+            self._closed = True
+
+    def __enter__(self) -> AsyncSaver:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if exc_info[0] is None:
+            self.close()
+        else:
+            # Already unwinding: finish the writes, but do not mask the exception.
+            with contextlib.suppress(BaseException):
+                self.close()
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise UsageError("this AsyncSaver is closed")
+
+    def _failed(self, error: BaseException) -> None:
+        with self._lock:
+            if self._unreported is None:
+                self._unreported = error
+
+    def _raise_unreported(self) -> None:
+        with self._lock:
+            error, self._unreported = self._unreported, None
+        if error is not None:
+            raise error
+
+    def _enqueue(self, task: Callable[[], None]) -> None:
+        with self._lock:
+            self._queue.append(task)
+            if self._worker is None:
+                # Not a daemon: interpreter shutdown waits for the saves already queued.
+                self._worker = threading.Thread(target=self._drain, name="atomicwrite-saver", daemon=False)
+                self._worker.start()
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._worker = None
+                    self._lock.notify_all()
+                    return
+                task = self._queue.popleft()
+            task()
+
+
+_default: AsyncSaver | None = None
+_default_lock = threading.Lock()
+
+
+def _default_saver() -> AsyncSaver:
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = AsyncSaver()
+        return _default
+
+
+@atexit.register
+def _finish_saves() -> None:
+    for saver in list(_savers):
+        with contextlib.suppress(BaseException):
+            saver.wait()
 
 
 # --- where a target lives -------------------------------------------------------------------

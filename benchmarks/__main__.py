@@ -8,8 +8,10 @@ side in the same run mean anything; absolute times are printed for context.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -150,6 +152,51 @@ def directory_save(directory: Path, rounds: int, files: int, size: int, checksum
     return Row(label, mine, "per-file replace, 1 dir fsync", theirs, "ms", False)
 
 
+LIGHTNING_SAVE = """
+import resource, sys, time, torch
+from atomicwrite.lightning import AtomicCheckpointIO
+from lightning.fabric.plugins import TorchCheckpointIO
+plugin = AtomicCheckpointIO() if sys.argv[3] == "ours" else TorchCheckpointIO()
+mib = int(sys.argv[2])
+state = {"state_dict": {f"w{i}": torch.ones(2**20 // 4 * 10) for i in range(mib // 10)}, "epoch": 1}
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+plugin.save_checkpoint(state, sys.argv[1])
+seconds = time.perf_counter() - start
+print(seconds, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+"""
+
+
+def lightning_checkpoint(directory: Path, rounds: int, size_mib: int) -> list[Row]:
+    """A Lightning checkpoint save: AtomicCheckpointIO against Lightning's TorchCheckpointIO,
+    each in a fresh process so that its peak RSS is its own."""
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("lightning") is None:
+        print("lightning checkpoint rows skipped: torch and lightning are not installed", file=sys.stderr)
+        return []
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    extra_rss: dict[str, list[float]] = {"ours": [], "lightning": []}
+
+    def save(which: str) -> float:
+        target = directory / f"{which}.ckpt"
+        argv = [sys.executable, "-c", LIGHTNING_SAVE, str(target), str(size_mib), which]
+        out = subprocess.run(argv, capture_output=True, text=True, check=True, env=env).stdout.split()
+        target.unlink()
+        extra_rss[which].append(float(out[-1]))
+        return float(out[-2])
+
+    mine, theirs = alternate(rounds, lambda: save("ours"), lambda: save("lightning"))
+    rss = Row(
+        f"{size_mib} MiB Lightning checkpoint, RSS",
+        extra_rss["ours"][1:],  # without the warm-up round, as for the times
+        "TorchCheckpointIO",
+        extra_rss["lightning"][1:],
+        "MiB extra",
+        False,
+    )
+    return [Row(f"{size_mib} MiB Lightning checkpoint, time", mine, "TorchCheckpointIO", theirs, "s", False), rss]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer rounds and smaller sizes")
@@ -163,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             streamed(directory, rounds, (64 if args.quick else 1024) * MiB),
             directory_save(directory, rounds, 16, (256 if args.quick else 4096) * 1024, checksums=True),
             directory_save(directory, rounds, 16, (256 if args.quick else 4096) * 1024, checksums=False),
+            *lightning_checkpoint(directory, rounds, 100 if args.quick else 1000),
         ]
     print(f"{'workload':34} {'ours (median, min..max)':32} {'baseline':38} ratio")
     for row in rows:

@@ -53,6 +53,13 @@ def s3_demo_available() -> bool:
     return s3_unavailable() is None
 
 
+def training_demo_available() -> bool:
+    """Whether the demo's Lightning part can run here (torch and lightning installed)."""
+    from atomicwrite._demo_lightning import training_unavailable
+
+    return training_unavailable() is None
+
+
 def table_rows(stdout: str) -> dict[str, list[str]]:
     """The demo's table rows by method label, cells split on runs of 2+ spaces."""
     rows: dict[str, list[str]] = {}
@@ -80,7 +87,18 @@ def test_help() -> None:
     assert "--dry-run" in sweep_help.stdout
     demo_help = run_cli("demo", "--help")
     assert demo_help.returncode == 0
-    for option in ("--kills", "--size-mb", "--seed", "--dir", "--keep", "--durability", "--no-s3", "--s3-kills"):
+    options = (
+        "--kills",
+        "--size-mb",
+        "--seed",
+        "--dir",
+        "--keep",
+        "--durability",
+        "--no-s3",
+        "--s3-kills",
+        "--no-training",
+    )
+    for option in options:
         assert option in demo_help.stdout
 
 
@@ -116,7 +134,8 @@ def test_demo(tmp_path: Path) -> None:
     started = time.monotonic()
     # 6 MiB on S3: more than one 5 MiB part, so atomic_open takes the multipart path.
     args = ["--kills", "5", "--size-mb", "2", "--s3-kills", "3", "--s3-size-mb", "6", "--seed", "1"]
-    result = run_cli("demo", *args, "--dir", str(tmp_path))
+    # The training part has its own test, below.
+    result = run_cli("demo", *args, "--dir", str(tmp_path), "--no-training")
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stdout + result.stderr
     rows = table_rows(result.stdout)
@@ -144,10 +163,28 @@ def test_demo(tmp_path: Path) -> None:
     assert elapsed < 90
 
 
+@pytest.mark.slow
+def test_demo_kills_a_training_run_and_resumes_it(tmp_path: Path) -> None:
+    args = ["demo", "--kills", "1", "--size-mb", "0.1", "--seed", "4", "--dir", str(tmp_path), "--no-s3"]
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    (start,) = [index for index, line in enumerate(lines) if line.startswith("Lightning:")]
+    training = [line.strip() for line in lines[start:]]
+    if not training_demo_available():
+        assert training[0].startswith("Lightning: skipped"), training
+        return
+    # A Lightning run killed while saving last.ckpt: the old one is whole and the run resumes from it.
+    assert any(line.startswith("SIGKILLed") and "second save of last.ckpt" in line for line in training), training
+    assert "last.ckpt after the kill: a whole checkpoint (ok)" in training, training
+    assert any(line.startswith('resumed with ckpt_path="last" from last.ckpt') for line in training), training
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_demo_without_s3_packages_skips_s3(tmp_path: Path) -> None:
     # moto missing, as if atomicwrite[demo] was not installed: the local part still runs.
     code = "import sys; sys.modules['moto'] = None; from atomicwrite._cli import main; main()"
-    args = ["demo", "--kills", "1", "--size-mb", "0.1", "--seed", "3", "--dir", str(tmp_path)]
+    args = ["demo", "--kills", "1", "--size-mb", "0.1", "--seed", "3", "--dir", str(tmp_path), "--no-training"]
     env = {k: v for k, v in os.environ.items() if k != "ATOMICWRITE_TEST_VARIANT"}
     result = subprocess.run(
         [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120, env=env, check=False
@@ -162,7 +199,7 @@ def test_demo_without_s3_packages_skips_s3(tmp_path: Path) -> None:
 @pytest.mark.skipif(sys.platform == "win32", reason="named temps are the default on Windows")
 def test_demo_named_temps_are_swept(tmp_path: Path) -> None:
     args = ["demo", "--kills", "3", "--size-mb", "1", "--seed", "2", "--dir", str(tmp_path), "--keep", "--named-temps"]
-    result = run_cli(*args, "--no-s3")
+    result = run_cli(*args, "--no-s3", "--no-training")
     assert result.returncode == 0, result.stdout + result.stderr
     assert set(table_rows(result.stdout)) == LOCAL_ROWS
     assert "s3:" not in result.stdout

@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 POSIX_ONLY = "# POSIX only"
 NEEDS_TORCH = "import torch"
-NEEDS_LIGHTNING = "from lightning"
+# "from lightning..." / "import lightning" and atomicwrite's adapters for it.
+NEEDS_LIGHTNING = re.compile(r"^\s*(?:from|import)\s+(?:lightning|pytorch_lightning|atomicwrite\.lightning)\b", re.M)
 # Labels that would look like Python to a reader but escape this test.
 UNTESTED_PYTHON_LABELS = {"py", "py3", "python3", "pycon", "ipython", "pyi"}
 
@@ -103,8 +104,8 @@ def test_example_runs(block: Block, isolated: Path, local_variant: str) -> None:
         pytest.skip("the example uses POSIX-only features (mode bits, symlinks, signals)")
     if NEEDS_TORCH in block.code:
         pytest.importorskip("torch", reason="the example needs torch (pip install torch==2.13.0)")
-    if NEEDS_LIGHTNING in block.code:
-        pytest.importorskip("lightning", reason="the example needs lightning (pip install lightning)")
+    if NEEDS_LIGHTNING.search(block.code):
+        pytest.importorskip("lightning", reason="the example needs lightning (pip install 'lightning>=2.6,<2.7')")
     # Each example starts from an empty memory:// too, as it does from an empty directory.
     from fsspec.implementations.memory import MemoryFileSystem
 

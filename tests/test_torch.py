@@ -515,3 +515,159 @@ def test_copy_of_checkpoint_keeps_validating(good: Path, tmp_path: Path) -> None
     copy = tmp_path / "copy.pt"
     shutil.copyfile(good, copy)
     assert awt.validate(copy)
+
+
+# --- background saves -------------------------------------------------------------------------
+
+
+class SlowToPickle:
+    """Pickles (in the saver's worker) only after ``seconds``: a save that takes a while."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __reduce__(self) -> Any:
+        time.sleep(self.seconds)
+        return (dict, ())
+
+
+def test_background_save_snapshots_tensors_before_returning(tmp_path: Path) -> None:
+    weight = torch.arange(12.0)
+    state = {"w": weight, "view": weight[2:5], "p": torch.nn.Parameter(torch.ones(3)), "slow": SlowToPickle(0.2)}
+    future = awt.save(state, tmp_path / "a.pt", background=True)
+    weight.add_(100)  # training goes on while the worker writes
+    state["w"] = torch.zeros(1)
+    result = future.result(timeout=60)
+    assert result.target.endswith("a.pt")
+    loaded = awt.load(tmp_path / "a.pt", weights_only=False)
+    assert torch.equal(loaded["w"], torch.arange(12.0))
+    assert torch.equal(loaded["view"], torch.arange(2.0, 5.0))
+    # The view still shares its storage with the tensor it came from, as torch.save records it.
+    assert loaded["view"].untyped_storage().data_ptr() == loaded["w"].untyped_storage().data_ptr()
+    assert isinstance(loaded["p"], torch.nn.Parameter)
+    assert loaded["p"].requires_grad
+
+
+def test_background_save_of_unusual_tensors(tmp_path: Path) -> None:
+    complex_values = torch.tensor([1 + 2j, 3 - 4j])
+    state = {
+        "conj": complex_values.conj(),  # a view with the conjugate bit: values not in its storage
+        "neg": complex_values.conj().imag,  # a negated view
+        "sparse": torch.eye(3).to_sparse(),
+        "empty": torch.empty(0),
+        "strided": torch.arange(12.0).reshape(3, 4).t(),
+        "nested": [(torch.ones(2),), {"deep": torch.zeros(2)}],
+    }
+    expected = {
+        "conj": complex_values.conj().resolve_conj(),
+        "neg": -complex_values.imag,
+        "sparse": torch.eye(3),
+        "strided": torch.arange(12.0).reshape(3, 4).t(),
+    }
+    awt.save(state, tmp_path / "odd.pt", background=True).result(timeout=60)
+    loaded = awt.load(tmp_path / "odd.pt")
+    assert torch.equal(loaded["conj"].resolve_conj(), expected["conj"])
+    assert torch.equal(loaded["neg"].resolve_neg(), expected["neg"])
+    assert torch.equal(loaded["sparse"].to_dense(), expected["sparse"])
+    assert loaded["empty"].numel() == 0
+    assert torch.equal(loaded["strided"], expected["strided"])
+    assert loaded["strided"].stride() == (1, 4)
+    assert isinstance(loaded["nested"][0], tuple)
+    assert torch.equal(loaded["nested"][1]["deep"], torch.zeros(2))
+
+
+def test_async_saves_of_one_target_commit_in_order(tmp_path: Path) -> None:
+    target = tmp_path / "model.pt"
+    with awt.AsyncSaver(max_pending=3) as saver:
+        futures = [saver.save({"n": n, "slow": SlowToPickle(0.05 * (3 - n))}, target) for n in range(3)]
+        versions = [future.result(timeout=60).version for future in futures]
+    assert awt.load(target, weights_only=False)["n"] == 2
+    mtimes = [version.mtime_ns for version in versions]  # type: ignore[union-attr]
+    assert mtimes == sorted(mtimes)
+
+
+def test_async_error_surfaces_on_the_future_and_on_the_next_save(tmp_path: Path) -> None:
+    target = tmp_path / "model.pt"
+    awt.save({"v": 1}, target)
+    old = target.read_bytes()
+    saver = awt.AsyncSaver()
+    failed = saver.save({"bad": Unpicklable()}, target)
+    with pytest.raises(RuntimeError, match="cannot pickle this"):
+        failed.result(timeout=60)
+    with pytest.raises(RuntimeError, match="cannot pickle this"):
+        saver.save({"v": 2}, target)
+    assert target.read_bytes() == old
+    assert entries(tmp_path) == ["model.pt"]
+    # Reported once: the saver goes on.
+    assert saver.save({"v": 3}, target).result(timeout=60).bytes_written > 0
+    saver.close()
+    assert awt.load(target)["v"] == 3
+    with pytest.raises(UsageError, match="closed"):
+        saver.save({"v": 4}, target)
+
+
+def test_async_then_waits_for_the_saves_before_it(tmp_path: Path) -> None:
+    saver = awt.AsyncSaver()
+    seen: list[bool] = []
+    saver.save({"slow": SlowToPickle(0.3)}, tmp_path / "new.pt")
+    done = saver.then(lambda: seen.append((tmp_path / "new.pt").exists()) or "ran")
+    assert seen == []
+    assert done.result(timeout=60) == "ran"
+    assert seen == [True]
+    failing = saver.save({"slow": SlowToPickle(0.1), "bad": Unpicklable()}, tmp_path / "bad.pt")
+    skipped = saver.then(lambda: seen.append(False))
+    with pytest.raises(awt.DependencyFailedError) as caught:
+        skipped.result(timeout=60)
+    assert isinstance(caught.value.__cause__, RuntimeError)
+    assert seen == [True]
+    with pytest.raises(RuntimeError):
+        failing.result()
+    with pytest.raises(RuntimeError, match="cannot pickle this"):
+        saver.wait()
+    saver.wait()  # reported once
+
+
+def test_async_max_pending_bounds_the_snapshots_in_memory(tmp_path: Path) -> None:
+    saver = awt.AsyncSaver(max_pending=1)
+    first = saver.save({"slow": SlowToPickle(0.3)}, tmp_path / "a.pt")
+    assert saver.pending == 1
+    assert not first.done()
+    saver.save({"v": 2}, tmp_path / "b.pt")  # blocks until the first one is written
+    assert first.done()
+    saver.wait()
+    assert saver.pending == 0
+    with pytest.raises(UsageError):
+        awt.AsyncSaver(max_pending=0)
+
+
+def test_async_wait_from_the_worker_is_refused(tmp_path: Path) -> None:
+    saver = awt.AsyncSaver()
+    future = saver.then(saver.wait)
+    with pytest.raises(UsageError, match="worker"):
+        future.result(timeout=60)
+    with pytest.raises(UsageError, match="worker"):
+        saver.wait()  # that error is also reported on the next call
+
+
+def test_background_saves_finish_before_the_interpreter_exits(tmp_path: Path) -> None:
+    target = tmp_path / "at-exit.pt"
+    proc = run_python(
+        """
+        import sys, time
+        import torch
+        import atomicwrite.torch as awt
+
+        class Slow:
+            def __reduce__(self):
+                time.sleep(0.5)
+                return (dict, ())
+
+        awt.save({"w": torch.ones(3), "slow": Slow()}, sys.argv[1], background=True)
+        print("returned", flush=True)
+        """,
+        str(target),
+    )
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert out.strip() == "returned"
+    assert torch.equal(awt.load(target, weights_only=False)["w"], torch.ones(3))
