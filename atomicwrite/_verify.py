@@ -14,8 +14,9 @@ Checks, each run where it applies:
   ``NAME.sha256`` file beside the target in ``sha256sum``'s format.  A store's checksum proves
   that the bytes read back are the bytes the store accepted; only a checksum recorded by the
   producer (the sidecar) also proves the producer sent everything it meant to;
-* a directory goes to the directory verifier, which multi-file checkpoints register with
-  `register_directory_verifier`; without one it is an error.
+* a directory published by ``atomic_directory`` is checked against its manifest (every file
+  present, sizes and SHA-256 match, nothing unlisted); a ``CheckpointStore`` root is checked by
+  the generation its ``latest`` pointer names.
 
 A file that no check applies to is *unverified*, which is not the same as intact.
 """
@@ -32,7 +33,7 @@ from typing import Any, Literal, Protocol
 from ._errors import TargetNotFoundError, UnsupportedTargetError
 from ._strategy import split_protocol
 
-__all__ = ["CheckResult", "VerifyReport", "register_directory_verifier", "verify"]
+__all__ = ["CheckResult", "VerifyReport", "verify"]
 
 Verdict = Literal["ok", "torn", "unverified"]
 _CHUNK = 8 << 20
@@ -75,19 +76,6 @@ class VerifyReport:
         }
 
 
-class DirectoryVerifier(Protocol):
-    def __call__(self, target: str, storage_options: Mapping[str, Any]) -> VerifyReport: ...
-
-
-_directory_verifier: DirectoryVerifier | None = None
-
-
-def register_directory_verifier(verifier: DirectoryVerifier | None) -> None:
-    """Install the verifier of directories (multi-file checkpoints); None removes it."""
-    global _directory_verifier
-    _directory_verifier = verifier
-
-
 def verify(target: str, *, storage_options: Mapping[str, Any] | None = None, full: bool = False) -> VerifyReport:
     """Run every check that applies to ``target`` (see the module documentation)."""
     options = dict(storage_options or {})
@@ -105,12 +93,36 @@ def verify(target: str, *, storage_options: Mapping[str, Any] | None = None, ful
 
 
 def _verify_directory(target: str, options: Mapping[str, Any]) -> VerifyReport:
-    if _directory_verifier is None:
-        raise UnsupportedTargetError(
-            f"{target!r} is a directory, not a checkpoint file: verify checks single files"
-            " (multi-file checkpoint directories are not supported yet)"
-        )
-    return _directory_verifier(target, options)
+    """A directory published by ``atomic_directory`` is checked against its manifest; a
+    ``CheckpointStore`` root, by the generation its ``latest`` pointer names."""
+    from ._checkpoints import CheckpointStore
+    from ._directory import verify_directory
+
+    result = verify_directory(target, storage_options=options)
+    kind, where = "directory", ""
+    if result.manifest is None and result.problems[0].kind == "no-manifest":
+        store = CheckpointStore(target, storage_options=options)
+        named = store.pointer()
+        if named is not None:
+            result = store.verify(named)
+            kind, where = "checkpoint store", f"latest is {named}, which "
+    report = VerifyReport(target, kind)
+    if result.manifest is None:
+        problem = result.problems[0]
+        if problem.kind == "no-manifest":
+            # No manifest, no pointer: nothing here says what complete would look like.
+            report.checks.append(CheckResult("manifest", None, problem.detail))
+        else:
+            report.checks.append(CheckResult("manifest", False, problem.detail))
+        return report
+    listed = f"{where}lists {len(result.manifest.files)} file(s), {result.manifest.total_bytes} bytes"
+    report.checks.append(CheckResult("manifest", True, listed))
+    for problem in result.problems:
+        report.checks.append(CheckResult(problem.kind, False, f"{problem.name or target}: {problem.detail}"))
+    if not result.problems:
+        what = "sizes and SHA-256" if result.checked_checksums else "sizes"
+        report.checks.append(CheckResult("files", True, f"every listed file present, {what} match"))
+    return report
 
 
 def _filesystem(target: str, options: Mapping[str, Any]) -> tuple[Any, str]:

@@ -131,12 +131,10 @@ def test_parse_duration_rejects(text: str) -> None:
 
 
 def test_demo(tmp_path: Path) -> None:
-    started = time.monotonic()
     # 6 MiB on S3: more than one 5 MiB part, so atomic_open takes the multipart path.
     args = ["--kills", "5", "--size-mb", "2", "--s3-kills", "3", "--s3-size-mb", "6", "--seed", "1"]
     # The training part has its own test, below.
     result = run_cli("demo", *args, "--dir", str(tmp_path), "--no-training")
-    elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stdout + result.stderr
     rows = table_rows(result.stdout)
     with_s3 = s3_demo_available()
@@ -160,7 +158,6 @@ def test_demo(tmp_path: Path) -> None:
         assert "s3: skipped" in result.stdout
     # The demo's own directory inside --dir is gone afterwards.
     assert list(tmp_path.iterdir()) == []
-    assert elapsed < 90
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from atomicwrite import atomic_open
+from atomicwrite import CheckpointStore, atomic_directory, atomic_open
 from tests._azurite import azurite_endpoint
 from tests._gcs_server import gcs_server
 from tests._stores import moto_endpoint, s3_options
@@ -368,10 +368,44 @@ def test_verify_sidecar_checksum(tmp_path: Path) -> None:
     assert "does NOT match" in result.stdout
 
 
-def test_verify_directory_is_not_a_checkpoint(tmp_path: Path) -> None:
+def test_verify_plain_directory_is_unverified(tmp_path: Path) -> None:
+    (tmp_path / "a.bin").write_bytes(b"x")
     result = run_cli("verify", str(tmp_path))
-    assert result.returncode == 1
-    assert "not a checkpoint file" in one_line_error(result)
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "unverified" in result.stdout
+
+
+def test_verify_published_directory_and_a_damaged_one(tmp_path: Path) -> None:
+    target = tmp_path / "ckpt"
+    with atomic_directory(target) as stage:
+        Path(stage / "model.bin").write_bytes(b"m" * 1000)
+        Path(stage / "optim.bin").write_bytes(b"o" * 500)
+    intact = run_cli("verify", str(target))
+    assert intact.returncode == 0, intact.stdout + intact.stderr
+    assert "2 file(s)" in intact.stdout
+    (target / "optim.bin").write_bytes(b"o" * 499 + b"x")  # same size, other bytes
+    damaged = run_cli("verify", str(target))
+    assert damaged.returncode == 1, damaged.stdout
+    assert "optim.bin" in damaged.stdout
+    (target / "optim.bin").unlink()
+    missing = run_cli("verify", str(target))
+    assert missing.returncode == 1, missing.stdout
+    assert "missing" in missing.stdout
+
+
+def test_verify_checkpoint_store_checks_what_latest_names(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path / "run")
+    for step in (1, 2):
+        with store.save(step) as stage:
+            Path(stage / "weights.bin").write_bytes(bytes([step]) * 64)
+    named = store.pointer()
+    assert named is not None
+    result = run_cli("verify", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert named in result.stdout
+    (tmp_path / "run" / named / "weights.bin").write_bytes(b"")
+    torn = run_cli("verify", str(tmp_path / "run"))
+    assert torn.returncode == 1, torn.stdout
 
 
 def test_verify_missing_file_is_one_line(tmp_path: Path) -> None:
