@@ -36,7 +36,7 @@ from ._directory import (
     verify_directory,
 )
 from ._errors import AtomicWriteError, ConflictError, TargetNotFoundError, UnsupportedTargetError, UsageError
-from ._local import temp_name
+from ._local import replace_symlink
 from ._strategy import WriteOptions, resolve_target
 
 __all__ = ["CheckpointStore", "Generation"]
@@ -198,26 +198,8 @@ class CheckpointStore:
             self._swap_pointer_object(name)
 
     def _swap_symlink(self, name: str) -> None:
-        dir_fd = os.open(self.root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            while True:
-                link = temp_name(POINTER_NAME, ".link")
-                try:
-                    os.symlink(name, link, dir_fd=dir_fd)
-                    break
-                except FileExistsError:
-                    continue
-            try:
-                # rename() replaces the old link in one step: "latest" always names a generation.
-                os.rename(link, POINTER_NAME, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(link, dir_fd=dir_fd)
-                raise
-            if self.durability != "none":
-                os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        # "latest" always names a generation: the new link is renamed over the old one.
+        replace_symlink(self.root, POINTER_NAME, name, durable=self.durability != "none")
 
     def _swap_pointer_object(self, name: str) -> None:
         from ._api import atomic_open

@@ -8,6 +8,7 @@ alive; ``random`` makes names unguessable and unique.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
@@ -98,6 +99,36 @@ def parse_staging_name(entry: str) -> tuple[str, int, str] | None:
     if match is None:
         return None
     return match.group("host"), int(match.group("pid")), match.group("kind")
+
+
+def replace_symlink(directory: str, name: str, points_to: str, *, durable: bool = True) -> None:
+    """Make ``directory/name`` a symlink to ``points_to`` with no moment where it is missing.
+
+    The new link is made under a ``.link`` temp name and renamed over the old one: rename()
+    replaces a name in one step, so a reader (or a resume after a crash) finds the old link or
+    the new one.  Removing the old link first and then linking leaves a window with neither.  A
+    kill between the two calls leaves a ``.link`` temp, which sweep() removes.  With ``durable``,
+    the directory fsync makes the new link survive a power cut.
+    """
+    dir_fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        while True:
+            temp = temp_name(name, ".link")
+            try:
+                os.symlink(points_to, temp, dir_fd=dir_fd)
+                break
+            except FileExistsError:
+                continue
+        try:
+            os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp, dir_fd=dir_fd)
+            raise
+        if durable:
+            os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def lock_name(name: str) -> str:

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from . import torch as _awt
 from ._api import atomic_open
 from ._errors import UsageError
-from ._local import host_tag, parse_temp_name, temp_name
+from ._local import replace_symlink
 from ._result import Durability
 
 if TYPE_CHECKING:
@@ -121,32 +121,6 @@ def _fsync_directory(directory: str) -> None:
         os.close(fd)
 
 
-def _dead(pid: int) -> bool:
-    """Whether no process of this host has this pid (never claimed on Windows)."""
-    if sys.platform == "win32":
-        return False
-    else:  # the else keeps the POSIX import out of mypy --platform win32
-        from ._posix import pid_alive
-
-        return not pid_alive(pid)
-
-
-def _remove_dead_link_temps(directory: str, name: str) -> None:
-    """Remove temp symlinks for ``name`` left by a dead process of this host (a kill between the
-    symlink and the rename).  `sweep` leaves symlinks alone, so the next link does it."""
-    if sys.platform == "win32":
-        return
-    prefix = "." + name + "."
-    with os.scandir(directory) as entries:
-        for entry in entries:
-            if not entry.name.startswith(prefix) or not entry.is_symlink():
-                continue
-            parsed = parse_temp_name(entry.name)
-            if parsed is not None and parsed[0] == host_tag() and _dead(parsed[1]):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)
-
-
 def _copy_atomically(source: str, target: str, storage_options: Mapping[str, Any] | None) -> None:
     if _is_local(source):
         opened = open(_awt._local_path(source), "rb")  # noqa: SIM115 - closed by the with below
@@ -181,19 +155,11 @@ def link_atomically(
     directory, name = os.path.split(link_path)
     if os.path.isdir(link_path) and not os.path.islink(link_path):
         shutil.rmtree(link_path)  # a sharded checkpoint saved under the link's name before
-    _remove_dead_link_temps(directory, name)
-    temp = os.path.join(directory, temp_name(name))
     try:
-        os.symlink(os.path.relpath(target_path, directory), temp)
+        replace_symlink(directory, name, os.path.relpath(target_path, directory), durable=False)
     except (OSError, NotImplementedError):
         _copy_atomically(target_path, link_path, None)
         return
-    try:
-        os.replace(temp, link_path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
     _fsync_directory(directory)
 
 

@@ -406,7 +406,7 @@ def test_async_last_link_waits_for_the_save_it_points_to(tmp_path: Path) -> None
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="symlinks need a privilege on Windows")
-def test_link_replaces_a_regular_file_and_cleans_a_dead_writers_temp(tmp_path: Path) -> None:
+def test_link_replaces_a_regular_file_and_sweep_removes_a_dead_writers_temp(tmp_path: Path) -> None:
     target = tmp_path / "epoch3.ckpt"
     target.write_bytes(b"new")
     link = tmp_path / "last.ckpt"
@@ -415,11 +415,13 @@ def test_link_replaces_a_regular_file_and_cleans_a_dead_writers_temp(tmp_path: P
     from atomicwrite._local import host_tag
 
     dead_pid = 2**22 + 12345  # above the default pid_max: never a live process here
-    stale = tmp_path / f".last.ckpt.aw{host_tag()}.{dead_pid}.0badc0de.tmp"
+    stale = tmp_path / f".last.ckpt.aw{host_tag()}.{dead_pid}.0badc0de.link"
     os.symlink("epoch1.ckpt", stale)
     link_atomically(target, link)
     assert link.is_symlink()
     assert link.read_bytes() == b"new"
+    assert sorted(os.listdir(tmp_path)) == [stale.name, "epoch3.ckpt", "last.ckpt"]
+    sweep(tmp_path, older_than=0)
     assert sorted(os.listdir(tmp_path)) == ["epoch3.ckpt", "last.ckpt"]
 
 
