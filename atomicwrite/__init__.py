@@ -12,6 +12,7 @@ with atomic_open("checkpoint.bin", "wb") as f:
 """
 
 from ._api import AtomicBinaryFile, AtomicTextFile, atomic_open, atomic_save, atomic_update, sweep
+from ._batch import AtomicBatch, BatchError, atomic_batch
 from ._errors import (
     AtomicOSError,
     AtomicPermissionError,
@@ -34,11 +35,13 @@ from ._strategy import PendingWrite, ProgressCallback, Strategy, TargetLock, Wri
 __version__ = "0.1.0"
 
 __all__ = [
+    "AtomicBatch",
     "AtomicBinaryFile",
     "AtomicOSError",
     "AtomicPermissionError",
     "AtomicTextFile",
     "AtomicWriteError",
+    "BatchError",
     "CommitResult",
     "ConflictError",
     "CrossDeviceError",
@@ -59,6 +62,7 @@ __all__ = [
     "UsageError",
     "WriteOptions",
     "__version__",
+    "atomic_batch",
     "atomic_open",
     "atomic_save",
     "atomic_update",
