@@ -1,134 +1,99 @@
-"""Run the benchmarks: ``python -m benchmarks [--quick]`` (or ``nox -s bench``).
+"""Run the benchmarks: ``python -m benchmarks [--quick] [--only NAME ...]`` (or ``nox -s bench``).
 
-Each row runs our code and its baseline alternately, several rounds, and reports the medians,
-the spread (min..max) and their ratio.  The machines are noisy, so only ratios measured side by
-side in the same run mean anything; absolute times are printed for context.
+One module per workload (see benchmarks/_harness.py for what a module provides).  Each row runs
+our code and its baseline alternately, several rounds, and reports the medians, the spread
+(interquartile range) and their ratio; the table is printed and, for a full run of every
+workload, written to docs/benchmarks.md with the machine described.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
+import dataclasses
+import json
+import shlex
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from atomicwrite import atomic_open
+from . import _report, batch, import_time, peers, s3_upload, small_replace, streamed, torch_checkpoint
+from ._harness import ROOT, Context, MiB, Row, Target
 
-MiB = 1 << 20
-
-
-@dataclass
-class Row:
-    workload: str
-    ours: list[float]
-    baseline_name: str
-    baseline: list[float]
-    unit: str
-    higher_is_better: bool
-
-    def ratio(self) -> float:
-        ours, base = statistics.median(self.ours), statistics.median(self.baseline)
-        return ours / base if self.higher_is_better else base / ours
+WORKLOADS = (streamed, small_replace, peers, batch, torch_checkpoint, s3_upload, import_time)
 
 
-def alternate(rounds: int, ours: Callable[[], float], baseline: Callable[[], float]) -> tuple[list[float], list[float]]:
-    """Run both ``rounds`` times, alternating which goes first, after one warm-up each."""
-    ours()
-    baseline()
-    mine: list[float] = []
-    theirs: list[float] = []
-    for index in range(rounds):
-        if index % 2:
-            theirs.append(baseline())
-            mine.append(ours())
-        else:
-            mine.append(ours())
-            theirs.append(baseline())
-    return mine, theirs
+def _size(text: str) -> int:
+    """``512M``, ``1G`` or a byte count."""
+    units = {"K": 1 << 10, "M": MiB, "G": 1 << 30}
+    text = text.strip().upper().removesuffix("IB").removesuffix("B")
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
 
 
-def raw_replace(directory: Path, payload: bytes) -> None:
-    """The floor for a durable replace, in plain os calls: write, fsync, rename, fsync dir."""
-    temp = directory / ".raw.tmp"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, payload)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(temp, directory / "raw.bin")
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def small_replace(directory: Path, rounds: int, count: int) -> Row:
-    payload = os.urandom(4096)
-
-    def ours() -> float:
-        start = time.perf_counter()
-        for _ in range(count):
-            with atomic_open(directory / "ours.bin", "wb") as file:
-                file.write(payload)
-        return (time.perf_counter() - start) / count * 1e3
-
-    def baseline() -> float:
-        start = time.perf_counter()
-        for _ in range(count):
-            raw_replace(directory, payload)
-        return (time.perf_counter() - start) / count * 1e3
-
-    mine, theirs = alternate(rounds, ours, baseline)
-    return Row(f"4 KiB durable replace x{count}", mine, "raw 2-fsync protocol", theirs, "ms/op", False)
-
-
-def streamed(directory: Path, rounds: int, size: int) -> Row:
-    chunk = os.urandom(MiB)
-
-    def ours() -> float:
-        start = time.perf_counter()
-        with atomic_open(directory / "big.bin", "wb") as file:
-            for _ in range(size // MiB):
-                file.write(chunk)
-        return size / MiB / (time.perf_counter() - start)
-
-    def baseline() -> float:
-        start = time.perf_counter()
-        with open(directory / "raw-big.bin", "wb") as file:
-            for _ in range(size // MiB):
-                file.write(chunk)
-            file.flush()
-            os.fsync(file.fileno())
-        return size / MiB / (time.perf_counter() - start)
-
-    mine, theirs = alternate(rounds, ours, baseline)
-    return Row(f"{size // MiB} MiB streamed, durable", mine, "open+write+fsync", theirs, "MiB/s", True)
+def _row(saved: dict[str, Any]) -> Row:
+    return Row(**{**saved, "targets": [Target(**target) for target in saved["targets"]]})
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer rounds and smaller sizes")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and smaller sizes (a smoke run)")
+    parser.add_argument(
+        "--only", nargs="+", choices=[module.NAME for module in WORKLOADS], help="run only these workloads"
+    )
     parser.add_argument("--dir", type=Path, default=None, help="where to write (default: a temp dir in .)")
+    parser.add_argument("--size", type=_size, default=None, help="streamed size (default 1G; --quick 64M)")
+    parser.add_argument("--torch-size", type=_size, default=None, help="state dict size (default 1G; --quick 64M)")
+    parser.add_argument("--s3-size", type=_size, default=None, help="S3 object size (default 512M; --quick 32M)")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds per row (default 7; --quick 3)")
+    parser.add_argument(
+        "--output", type=Path, default=None, help="markdown report (default: docs/benchmarks.md on a full run)"
+    )
+    parser.add_argument("--save", type=Path, default=None, help="also keep the raw results (JSON) here")
+    parser.add_argument("--render", type=Path, default=None, help="only re-render the report from --save results")
     args = parser.parse_args(argv)
-    rounds = 3 if args.quick else 7
+    if args.render is not None:
+        saved = json.loads(args.render.read_text())
+        rows = [_row(row) for row in saved["rows"]]
+        print(_report.table(rows))
+        output = args.output or ROOT / "docs" / "benchmarks.md"
+        output.write_text(_report.markdown(rows, saved["machine"], saved["command"], saved["seconds"], saved["rounds"]))
+        return 0
+    quick = args.quick
+    rounds = args.rounds or (3 if quick else 7)
+    selected = [module for module in WORKLOADS if not args.only or module.NAME in args.only]
+    started = time.perf_counter()
+    rows = []
     with tempfile.TemporaryDirectory(dir=args.dir or Path.cwd(), prefix=".bench-") as name:
         directory = Path(name)
-        rows = [
-            small_replace(directory, rounds, 50 if args.quick else 500),
-            streamed(directory, rounds, (64 if args.quick else 1024) * MiB),
-        ]
-    print(f"{'workload':34} {'ours (median, min..max)':32} {'baseline':38} ratio")
-    for row in rows:
-        ours = f"{statistics.median(row.ours):.3f} ({min(row.ours):.3f}..{max(row.ours):.3f}) {row.unit}"
-        base = f"{statistics.median(row.baseline):.3f} {row.unit} {row.baseline_name}"
-        print(f"{row.workload:34} {ours:32} {base:38} {row.ratio():.3f}x")
+        context = Context(
+            directory=directory,
+            quick=quick,
+            rounds=rounds,
+            stream_size=args.size or (64 * MiB if quick else 1 << 30),
+            torch_size=args.torch_size or (64 * MiB if quick else 1 << 30),
+            s3_size=args.s3_size or (32 * MiB if quick else 512 * MiB),
+        )
+        info = _report.machine(directory)
+        for module in selected:
+            print(f"running {module.TITLE}...", file=sys.stderr, flush=True)
+            rows += module.run(context)
+    seconds = time.perf_counter() - started
+    print(_report.table(rows))
+    output = args.output
+    if output is None and not quick and not args.only:
+        output = ROOT / "docs" / "benchmarks.md"
+    command = ("python -m benchmarks " + shlex.join(argv if argv is not None else sys.argv[1:])).strip()
+    if output is not None:
+        output.write_text(_report.markdown(rows, info, command, seconds, rounds))
+        print(f"written to {output}", file=sys.stderr)
+    if args.save is not None:
+        saved = {"machine": info, "command": command, "seconds": seconds, "rounds": rounds}
+        args.save.write_text(json.dumps({**saved, "rows": [dataclasses.asdict(row) for row in rows]}, indent=1))
+    met = [target.met for row in rows for target in row.targets if target.met is not None]
+    print(f"{sum(met)} of {len(met)} targets met in {seconds / 60:.1f} minutes", file=sys.stderr)
     return 0
 
 
