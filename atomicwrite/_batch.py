@@ -82,25 +82,31 @@ class AtomicBatch:
 
             self._executor = ThreadPoolExecutor(_STAGING_THREADS, thread_name_prefix="atomicwrite-batch")
         while len(self._staging) >= _IN_FLIGHT:
-            oldest = next(iter(self._staging))
-            self._staging.pop(oldest).result()
+            oldest, future = next(iter(self._staging.items()))
+            try:
+                future.result()
+            finally:
+                # Kept while still running (an interrupted wait): discard() must wait for it.
+                if future.done():
+                    del self._staging[oldest]
         self._staging[pending] = self._executor.submit(pending.stage)
 
     def _settle(self, pending: PendingWrite) -> None:
         """Wait for the staging of ``pending`` (if any) to end, whatever its outcome."""
-        future = self._staging.pop(pending, None)
+        future = self._staging.get(pending)
         if future is not None:
             from concurrent.futures import wait
 
             wait([future])
+            del self._staging[pending]
 
     def _settle_all(self) -> BaseException | None:
         """Wait for every staging in flight; return the first error among them."""
         first: BaseException | None = None
         while self._staging:
             pending, future = next(iter(self._staging.items()))
-            del self._staging[pending]
             error = future.exception()
+            del self._staging[pending]
             if first is None:
                 first = error
         if self._executor is not None:

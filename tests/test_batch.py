@@ -184,6 +184,51 @@ def test_a_directory_that_cannot_be_flushed_is_reported(tmp_path: Path, monkeypa
     assert [result.durability for result in batch.results] == ["file"]
 
 
+def test_writing_after_the_files_block_fails_instead_of_being_lost(tmp_path: Path) -> None:
+    with atomic_batch() as batch:
+        with batch.open(tmp_path / "a", "wb") as file:
+            file.write(b"kept")
+        with pytest.raises(ValueError, match="closed"):
+            file.write(b"late")
+    assert (tmp_path / "a").read_bytes() == b"kept"
+
+
+def test_discarding_a_handed_over_file_leaves_its_target(tmp_path: Path) -> None:
+    (tmp_path / "a").write_bytes(b"old")
+    with atomic_batch() as batch:
+        with batch.open(tmp_path / "a", "wb") as file:
+            file.write(b"new")
+        file.discard()
+        with batch.open(tmp_path / "b", "wb") as other:
+            other.write(b"b")
+    assert _contents(tmp_path) == {"a": b"old", "b": b"b"}
+    assert [Path(result.target).name for result in batch.results] == ["b"]
+
+
+def test_a_failed_flush_publishes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from atomicwrite import AtomicOSError, _posix
+
+    real_sync = _posix._sync
+    calls = {"n": 0}
+
+    def failing_third(fd: int) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(errno.EIO, "Input/output error")
+        real_sync(fd)
+
+    monkeypatch.setattr(_posix, "_sync", failing_third)
+    for index in range(5):
+        (tmp_path / f"f{index}").write_bytes(b"old")
+    with pytest.raises(AtomicOSError, match="flushing the temp file"), atomic_batch() as batch:
+        for index in range(5):
+            with batch.open(tmp_path / f"f{index}", "wb") as file:
+                file.write(b"new")
+    # Every target is untouched and no temp is left, whichever file's flush failed.
+    assert _contents(tmp_path) == {f"f{index}": b"old" for index in range(5)}
+    assert batch.results == []
+
+
 def test_is_exported() -> None:
     assert {"atomic_batch", "AtomicBatch", "BatchError"} <= set(atomicwrite.__all__)
     assert isinstance(atomic_batch(), AtomicBatch)
