@@ -33,6 +33,11 @@ def _size(text: str) -> int:
     return int(text)
 
 
+def _methods() -> dict[str, str]:
+    """Each workload's docstring: how it is measured, for the report."""
+    return {module.TITLE: (module.__doc__ or "").strip() for module in WORKLOADS}
+
+
 def _row(saved: dict[str, Any]) -> Row:
     return Row(**{**saved, "targets": [Target(**target) for target in saved["targets"]]})
 
@@ -59,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = [_row(row) for row in saved["rows"]]
         print(_report.table(rows))
         output = args.output or ROOT / "docs" / "benchmarks.md"
-        output.write_text(_report.markdown(rows, saved["machine"], saved["command"], saved["seconds"], saved["rounds"]))
+        page = _report.markdown(rows, saved["machine"], saved["command"], saved["seconds"], saved["rounds"], _methods())
+        output.write_text(page)
         return 0
     quick = args.quick
     rounds = args.rounds or (3 if quick else 7)
@@ -87,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         output = ROOT / "docs" / "benchmarks.md"
     command = ("python -m benchmarks " + shlex.join(argv if argv is not None else sys.argv[1:])).strip()
     if output is not None:
-        output.write_text(_report.markdown(rows, info, command, seconds, rounds))
+        output.write_text(_report.markdown(rows, info, command, seconds, rounds, _methods()))
         print(f"written to {output}", file=sys.stderr)
     if args.save is not None:
         saved = {"machine": info, "command": command, "seconds": seconds, "rounds": rounds}

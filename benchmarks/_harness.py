@@ -134,8 +134,8 @@ def timed(function: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-# A probe runs one contender in a fresh interpreter and reports, as one JSON line, its wall time
-# and its peak RSS above what it held just before the timed part (VmHWM reset through
+# A probe runs one contender in a fresh interpreter and reports, as one JSON line, its wall time,
+# its CPU time (all threads) and its peak RSS above what it held just before the timed part (VmHWM reset through
 # /proc/self/clear_refs, Linux 4.0+).
 PROBE_PRELUDE = r"""
 import json, os, sys, time
@@ -153,11 +153,13 @@ def measure(function, **extra):
     with open("/proc/self/clear_refs", "w") as refs:
         refs.write("5")
     before = _status("VmRSS")
+    cpu = time.process_time()
     start = time.perf_counter()
     function()
     seconds = time.perf_counter() - start
+    cpu = time.process_time() - cpu
     peak = _status("VmHWM")
-    print(json.dumps({"seconds": seconds, "extra_rss": max(0, peak - before), **extra}), flush=True)
+    print(json.dumps({"seconds": seconds, "cpu": cpu, "extra_rss": max(0, peak - before), **extra}), flush=True)
 """
 
 
@@ -184,3 +186,32 @@ def fsync_directory(directory: str | os.PathLike[str]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def same_code_gap(first: list[float], second: list[float]) -> float:
+    """How far apart two runs of the *same* code came out (A/A), as a ratio of medians' distance
+    from 1: the gap this machine shows with no difference at all."""
+    return abs(median(second) / median(first) - 1)
+
+
+def noise_reason(row: Row, gap: float) -> str:
+    """Why a ratio target was missed, judged against the A/A gap measured in the same run."""
+    if abs(row.ratio - 1) <= gap:
+        return (
+            f"within this machine's noise: the baseline run against itself in the same alternation came"
+            f" out {gap:.1%} apart, more than ours differs from it ({abs(row.ratio - 1):.1%})"
+        )
+    return f"ours differs by {abs(row.ratio - 1):.1%}, more than the baseline against itself ({gap:.1%})"
+
+
+def spread_reason(row: Row) -> str:
+    """Why a target was missed, judged against the spread of the two sides' samples."""
+    ours_low, ours_high = iqr(row.ours)
+    base_low, base_high = iqr(row.baseline)
+    if ours_low <= base_high and base_low <= ours_high:
+        return (
+            f"the medians are {abs(row.ratio - 1):.1%} apart but the two sides' spreads overlap"
+            f" ([{ours_low:.3g}..{ours_high:.3g}] against [{base_low:.3g}..{base_high:.3g}] {row.unit}):"
+            " not a difference this run can resolve"
+        )
+    return f"a difference of {abs(row.ratio - 1):.1%}, outside both sides' spreads"

@@ -87,7 +87,14 @@ def table(rows: list[Row]) -> str:
     return "\n".join(line.rstrip() for line in padded)
 
 
-def markdown(rows: list[Row], info: dict[str, str], command: str, seconds: float, rounds: int) -> str:
+def markdown(
+    rows: list[Row],
+    info: dict[str, str],
+    command: str,
+    seconds: float,
+    rounds: int,
+    methods: dict[str, str] | None = None,
+) -> str:
     out = [
         "# Benchmarks",
         "",
@@ -141,5 +148,8 @@ def markdown(rows: list[Row], info: dict[str, str], command: str, seconds: float
     notes = [note for row in rows for note in row.notes]
     if notes:
         out += ["", "## Notes", "", *(f"- {note}" for note in notes)]
+    if methods:
+        out += ["", "## How each workload is measured", ""]
+        out += [f"- **{title}**: {' '.join(text.split())}" for title, text in methods.items()]
     out.append("")
     return "\n".join(out)

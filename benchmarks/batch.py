@@ -1,4 +1,9 @@
-"""Group commit: 100 files of 4 KiB in one directory, with atomic_batch, against one commit per file."""
+"""Group commit: 100 files of 4 KiB in one directory, with atomic_batch, against one commit per file.
+
+Both replace the same 100 existing files at durability full; the batch flushes each file (on
+worker threads, while the next is written), renames all, then flushes the directory once.
+Twice the default rounds, since one sample is only 100 files.
+"""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from ._harness import Context, MiB, Row, Target, alternate_many, median, probe
+from ._harness import Context, MiB, Row, Target, alternate_many, median, probe, spread_reason
 
 NAME = "torch"
 TITLE = "torch checkpoint"
@@ -60,7 +60,7 @@ def run(context: Context) -> list[Row]:
         return probe(PROBE, name, str(directory / f"{name}.ckpt"), str(size), str(min(TENSOR, size)))
 
     samples = alternate_many(
-        1 if context.quick else 3, {name: (lambda name=name: contender(name)) for name in contenders}, warmup=False
+        1 if context.quick else 5, {name: (lambda name=name: contender(name)) for name in contenders}, warmup=False
     )
     label = f"torch {size // MiB} MiB state dict"
     seconds = {name: [sample["seconds"] for sample in runs] for name, runs in samples.items()}
@@ -76,9 +76,7 @@ def run(context: Context) -> list[Row]:
         False,
     )
     met = row.ratio <= 1.05
-    row.targets.append(
-        Target("wall <= 1.05x", f"{row.ratio:.3f}x", met, "" if met else "disk-bound; see the spread of both sides")
-    )
+    row.targets.append(Target("wall <= 1.05x", f"{row.ratio:.3f}x", met, "" if met else spread_reason(row)))
     ours_rss = median(extra["ours"])
     row.targets.append(
         Target(
@@ -107,6 +105,9 @@ def run(context: Context) -> list[Row]:
                 ours_rss < lightning_rss,
             )
         )
-        row.targets.append(Target("faster than Lightning", f"{row.ratio:.3f}x", row.ratio < 1))
+        faster = row.ratio < 1
+        row.targets.append(
+            Target("faster than Lightning", f"{row.ratio:.3f}x", faster, "" if faster else spread_reason(row))
+        )
         rows.append(row)
     return rows
