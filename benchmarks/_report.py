@@ -114,6 +114,9 @@ def markdown(
         "",
         "## Results",
         "",
+        f"{sum(1 for row in rows for t in row.targets if t.met)} of"
+        f" {sum(1 for row in rows for t in row.targets if t.met is not None)} measured targets met in this run.",
+        "",
         "| workload | ours | baseline | ratio | target | measured | |",
         "|---|---|---|---|---|---|---|",
     ]
