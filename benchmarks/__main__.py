@@ -33,6 +33,20 @@ def _size(text: str) -> int:
     return int(text)
 
 
+def _command(arguments: list[str]) -> str:
+    """The command line as the report shows it: where raw results were kept is nobody's business."""
+    shown: list[str] = []
+    skip = False
+    for argument in arguments:
+        if skip:
+            skip = False
+        elif argument in ("--save", "--output", "--dir"):
+            skip = True
+        elif not argument.startswith(("--save=", "--output=", "--dir=")):
+            shown.append(argument)
+    return shlex.join(["python", "-m", "benchmarks", *shown])
+
+
 def _methods() -> dict[str, str]:
     """Each workload's docstring: how it is measured, for the report."""
     return {module.TITLE: (module.__doc__ or "").strip() for module in WORKLOADS}
@@ -64,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = [_row(row) for row in saved["rows"]]
         print(_report.table(rows))
         output = args.output or ROOT / "docs" / "benchmarks.md"
-        page = _report.markdown(rows, saved["machine"], saved["command"], saved["seconds"], saved["rounds"], _methods())
+        command = _command(shlex.split(saved["command"])[3:])
+        page = _report.markdown(rows, saved["machine"], command, saved["seconds"], saved["rounds"], _methods())
         output.write_text(page)
         return 0
     quick = args.quick
@@ -91,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     output = args.output
     if output is None and not quick and not args.only:
         output = ROOT / "docs" / "benchmarks.md"
-    command = ("python -m benchmarks " + shlex.join(argv if argv is not None else sys.argv[1:])).strip()
+    command = _command(argv if argv is not None else sys.argv[1:])
     if output is not None:
         output.write_text(_report.markdown(rows, info, command, seconds, rounds, _methods()))
         print(f"written to {output}", file=sys.stderr)

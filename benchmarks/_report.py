@@ -50,6 +50,7 @@ def machine(directory: Path) -> dict[str, str]:
         "RAM": f"{int(memory) / (1 << 20):.1f} GiB" if memory else "unknown",
         "file system of the bench directory": filesystem,
         "kernel": f"{platform.system()} {platform.release()}",
+        "load average at the start (1, 5, 15 min)": " ".join(_read("/proc/loadavg").split()[:3]) or "unknown",
         "python": sys.version.split()[0],
         "packages": ", ".join(versions),
     }

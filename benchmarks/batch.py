@@ -91,9 +91,8 @@ def run(context: Context) -> list[Row]:
             what="ops/s",
             why_not=(
                 f"on this disk the directory fsync is only {saved:.0%} of a durable replace (plain os calls"
-                f" with and without it), so dropping it from every file but the last can give at most"
-                f" {ceiling:.2f}x; flushing the files on worker threads, overlapped with writing the next,"
-                " gives the rest"
+                f" with and without it), so sharing it can give at most {ceiling:.2f}x here; what the batch"
+                " adds or loses against that is the overlap of the file flushes with the writing"
                 if ceiling < 1.7
                 else "see the notes"
             ),

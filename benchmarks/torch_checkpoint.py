@@ -8,6 +8,7 @@ Ours: ``atomicwrite.torch.save`` (streamed into the temp file, durability full).
 from __future__ import annotations
 
 import importlib.util
+import os
 
 from ._harness import Context, MiB, Row, Target, alternate_many, median, probe, spread_reason
 
@@ -57,6 +58,9 @@ def run(context: Context) -> list[Row]:
         contenders["lightning"] = "lightning"
 
     def contender(name: str) -> dict[str, float]:
+        # Each starts from a clean page cache: Lightning flushes nothing, and the dirty pages it
+        # leaves (or their writeback) would otherwise land on whoever runs next.
+        os.sync()
         return probe(PROBE, name, str(directory / f"{name}.ckpt"), str(size), str(min(TENSOR, size)))
 
     samples = alternate_many(
