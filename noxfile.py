@@ -53,9 +53,11 @@ def demo(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Benchmarks against the raw-syscall floor and peers, as ratios measured in one run."""
+    """Benchmarks against the raw-syscall floor and peers, as ratios measured in one run.
+
+    `nox -s bench -- --quick` for a short run; `-- --only stream small` for some rows."""
     session.install(TORCH)
-    session.install("-e", ".", LIGHTNING)
+    session.install("-e", ".[bench]")
     session.run("python", "-m", "benchmarks", *session.posargs)
 
 

@@ -11,22 +11,10 @@ with atomic_open("checkpoint.bin", "wb") as f:
 ```
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._api import AtomicBinaryFile, AtomicTextFile, atomic_open, atomic_save, atomic_update, sweep
-from ._checkpoints import CheckpointStore, Generation
-from ._directory import (
-    DirectoryCommitResult,
-    DirectoryManifest,
-    DirectoryProblem,
-    DirectoryTransaction,
-    DirectoryVerification,
-    FileEntry,
-    PublishedDirectory,
-    StagingDirectory,
-    atomic_directory,
-    begin_directory,
-    open_directory,
-    verify_directory,
-)
+from ._batch import AtomicBatch, BatchError, atomic_batch
 from ._errors import (
     AtomicOSError,
     AtomicPermissionError,
@@ -49,12 +37,71 @@ from ._strategy import PendingWrite, ProgressCallback, Strategy, TargetLock, Wri
 
 __version__ = "0.1.0"
 
+# Multi-file checkpoints pull in json, hashlib and their value classes: loaded on first use, so
+# that a plain atomic_open pays nothing for them at import.
+_LAZY = {
+    "CheckpointStore": "_checkpoints",
+    "Generation": "_checkpoints",
+    **dict.fromkeys(
+        (
+            "DirectoryCommitResult",
+            "DirectoryManifest",
+            "DirectoryProblem",
+            "DirectoryTransaction",
+            "DirectoryVerification",
+            "FileEntry",
+            "PublishedDirectory",
+            "StagingDirectory",
+            "atomic_directory",
+            "begin_directory",
+            "open_directory",
+            "verify_directory",
+        ),
+        "_directory",
+    ),
+}
+
+if TYPE_CHECKING:
+    from ._checkpoints import CheckpointStore, Generation
+    from ._directory import (
+        DirectoryCommitResult,
+        DirectoryManifest,
+        DirectoryProblem,
+        DirectoryTransaction,
+        DirectoryVerification,
+        FileEntry,
+        PublishedDirectory,
+        StagingDirectory,
+        atomic_directory,
+        begin_directory,
+        open_directory,
+        verify_directory,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'atomicwrite' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __all__ = [
+    "AtomicBatch",
     "AtomicBinaryFile",
     "AtomicOSError",
     "AtomicPermissionError",
     "AtomicTextFile",
     "AtomicWriteError",
+    "BatchError",
     "CheckpointStore",
     "CommitResult",
     "ConflictError",
@@ -86,6 +133,7 @@ __all__ = [
     "UsageError",
     "WriteOptions",
     "__version__",
+    "atomic_batch",
     "atomic_directory",
     "atomic_open",
     "atomic_save",

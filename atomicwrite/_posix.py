@@ -149,6 +149,7 @@ class PosixPendingWrite(PendingWrite):
         self._strategy_name = strategy_name
         self._stream = TempFileStream(fd, location, options.progress)
         self._done = False
+        self._version: LocalVersion | None = None
 
     @property
     def stream(self) -> io.RawIOBase:
@@ -217,25 +218,42 @@ class PosixPendingWrite(PendingWrite):
 
     def _after_publish(self, version: LocalVersion) -> CommitResult:
         """The directory fsync and the result.  The new content is published: never unlink now."""
-        dir_fd, self._dir_fd = self._dir_fd, None
-        assert dir_fd is not None
-        options = self._options
-        achieved: Durability = options.durability
+        flushed = True
         try:
-            if options.durability == "full":
-                try:
-                    # The rename lives in the directory; until the directory is flushed a power
-                    # loss can bring back the old name (or, for a new file, no name at all).
-                    _sync(dir_fd)
-                except OSError as exc:
-                    if exc.errno not in _NO_DIR_FSYNC:
-                        raise os_error(exc, self._location, "flushing the directory") from exc
-                    achieved = "file"
-        finally:
+            if self._options.durability == "full":
+                flushed = self.flush_directory()
+        except BaseException:
+            self._close_directory()
+            raise
+        return self._result(version, flushed)
+
+    def flush_directory(self) -> bool:
+        dir_fd = self._dir_fd
+        assert dir_fd is not None
+        try:
+            # The rename lives in the directory; until the directory is flushed a power loss can
+            # bring back the old name (or, for a new file, no name at all).
+            _sync(dir_fd)
+        except OSError as exc:
+            if exc.errno not in _NO_DIR_FSYNC:
+                raise os_error(exc, self._location, "flushing the directory") from exc
+            return False
+        return True
+
+    def _close_directory(self) -> None:
+        dir_fd, self._dir_fd = self._dir_fd, None
+        if dir_fd is not None:
             # Published already: closing the directory's descriptor says nothing about the data,
             # and its failure must not turn a published write into an error.
             with contextlib.suppress(OSError):
                 os.close(dir_fd)
+
+    def _result(self, version: LocalVersion, directory_flushed: bool) -> CommitResult:
+        self._close_directory()
+        options = self._options
+        achieved: Durability = options.durability
+        if achieved == "full" and not directory_flushed:
+            achieved = "file"
         result = CommitResult(
             target=self._target,
             strategy=self._strategy_name,
@@ -252,6 +270,62 @@ class PosixPendingWrite(PendingWrite):
                 result=result,
             )
         return result
+
+    can_stage = True
+
+    def stage(self) -> None:
+        if self._done:
+            raise AtomicWriteError(f"write to {self._location!r} was already committed or discarded")
+        fd = self._fd
+        assert fd is not None
+        step = "flushing the temp file"
+        try:
+            if self._options.durability != "none":
+                _sync(fd)
+            step = "reading the temp file's status"
+            self._version = LocalVersion.from_stat(os.fstat(fd))
+            if self._temp is None:
+                # Named now but published later, so that publishing is one rename per file; an
+                # exclusive write then publishes with the same no-replace rename as a named temp.
+                step = "naming the temp file"
+                self._temp = self._link_tmpfile_to_temp_name(fd)
+            step = "closing the temp file"
+            self._fd = None
+            self._stream.close()
+            os.close(fd)
+        except BaseException as exc:
+            self.discard()
+            if isinstance(exc, OSError) and not isinstance(exc, AtomicWriteError):
+                raise os_error(exc, self._location, step) from exc
+            raise
+
+    def publish_staged(self) -> str | None:
+        dir_fd, temp = self._dir_fd, self._temp
+        assert dir_fd is not None
+        assert temp is not None
+        assert self._fd is None, "stage() first"
+        step = "publishing"
+        try:
+            if self._options.if_match is not None:
+                step = "checking the target's version"
+                self._check_version(dir_fd)
+                step = "publishing"
+            if self._options.exclusive:
+                self._rename_noreplace(dir_fd, temp, self._name)
+            else:
+                os.rename(temp, self._name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            self._temp = None
+        except BaseException as exc:
+            self.discard()
+            if isinstance(exc, OSError) and not isinstance(exc, AtomicWriteError):
+                raise os_error(exc, self._location, step) from exc
+            raise
+        self._done = True
+        return os.path.dirname(self._target) if self._options.durability == "full" else None
+
+    def finish_staged(self, directory_flushed: bool) -> CommitResult:
+        assert self._version is not None
+        return self._result(self._version, directory_flushed)
 
     def _link_tmpfile(self, fd: int, name: str) -> None:
         # linkat(AT_FDCWD, "/proc/self/fd/N", dir_fd, name, AT_SYMLINK_FOLLOW) gives the unnamed

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Literal
+
+from ._record import Record
 
 __all__ = ["CommitResult", "Durability", "LocalVersion", "durability_rank"]
 
@@ -20,8 +21,7 @@ def durability_rank(level: str) -> int:
     return _RANK[level]
 
 
-@dataclass(frozen=True)
-class LocalVersion:
+class LocalVersion(Record):
     """Identifies one version of a local file, for compare-and-swap (``if_match=``).
 
     A replace publishes a new inode, so two versions never share ``(device, inode, mtime_ns,
@@ -33,14 +33,17 @@ class LocalVersion:
     inode: int
     mtime_ns: int
     size: int
+    _fields = ("device", "inode", "mtime_ns", "size")
+
+    def __init__(self, device: int, inode: int, mtime_ns: int, size: int) -> None:
+        self._set(device=device, inode=inode, mtime_ns=mtime_ns, size=size)
 
     @classmethod
     def from_stat(cls, st: os.stat_result) -> LocalVersion:
         return cls(st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
 
 
-@dataclass(frozen=True)
-class CommitResult:
+class CommitResult(Record):
     """The outcome of a successful commit.
 
     Attributes:
@@ -60,4 +63,23 @@ class CommitResult:
     durability: Durability
     bytes_written: int
     version: object
-    checksum: str | None = None
+    checksum: str | None
+    _fields = ("target", "strategy", "durability", "bytes_written", "version", "checksum")
+
+    def __init__(  # noqa: PLR0917 - positional, like the dataclass it was
+        self,
+        target: str,
+        strategy: str,
+        durability: Durability,
+        bytes_written: int,
+        version: object,
+        checksum: str | None = None,
+    ) -> None:
+        self._set(
+            target=target,
+            strategy=strategy,
+            durability=durability,
+            bytes_written=bytes_written,
+            version=version,
+            checksum=checksum,
+        )

@@ -9,18 +9,17 @@ run time with [`register_serializer`][atomicwrite.register_serializer].
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import IO, Any
 
 from ._errors import SerializerNotFoundError, UsageError
+from ._record import Record
 
 __all__ = ["ENTRY_POINT_GROUP", "Serializer", "get_serializer", "register_serializer"]
 
 ENTRY_POINT_GROUP = "atomicwrite.serializers"
 
 
-@dataclass(frozen=True)
-class Serializer:
+class Serializer(Record):
     """How to write an object to a file (and, for [`atomic_update`][atomicwrite.atomic_update], read it back).
 
     Attributes:
@@ -33,9 +32,20 @@ class Serializer:
 
     name: str
     dump: Callable[[Any, IO[Any]], None]
-    load: Callable[[IO[Any]], Any] | None = None
-    binary: bool = True
-    encoding: str | None = None
+    load: Callable[[IO[Any]], Any] | None
+    binary: bool
+    encoding: str | None
+    _fields = ("name", "dump", "load", "binary", "encoding")
+
+    def __init__(
+        self,
+        name: str,
+        dump: Callable[[Any, IO[Any]], None],
+        load: Callable[[IO[Any]], Any] | None = None,
+        binary: bool = True,
+        encoding: str | None = None,
+    ) -> None:
+        self._set(name=name, dump=dump, load=load, binary=binary, encoding=encoding)
 
 
 def _dump_bytes(obj: Any, file: IO[Any]) -> None:

@@ -13,10 +13,10 @@ import os
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ._errors import UnsupportedTargetError, UsageError
+from ._record import Record
 from ._result import CommitResult, Durability
 
 __all__ = [
@@ -38,19 +38,57 @@ class ProgressCallback(Protocol):
     def relative_update(self, inc: int = 1) -> Any: ...
 
 
-@dataclass(frozen=True)
-class WriteOptions:
+class WriteOptions(Record):
     """Everything a strategy needs to know about one write, validated by the public API."""
 
-    exclusive: bool = False
-    durability: Durability = "full"
-    accept_weaker_durability: bool = False
-    preserve_permissions: bool = True
-    permissions: int | None = None
-    follow_symlinks: bool = True
-    if_match: object | None = None
-    storage_options: Mapping[str, Any] = field(default_factory=dict)
-    progress: ProgressCallback | None = None
+    exclusive: bool
+    durability: Durability
+    accept_weaker_durability: bool
+    preserve_permissions: bool
+    permissions: int | None
+    follow_symlinks: bool
+    if_match: object | None
+    storage_options: Mapping[str, Any]
+    progress: ProgressCallback | None
+    _fields = (
+        "exclusive",
+        "durability",
+        "accept_weaker_durability",
+        "preserve_permissions",
+        "permissions",
+        "follow_symlinks",
+        "if_match",
+        "storage_options",
+        "progress",
+    )
+
+    def __init__(  # noqa: PLR0917 - positional, like the dataclass it was
+        self,
+        exclusive: bool = False,
+        durability: Durability = "full",
+        accept_weaker_durability: bool = False,
+        preserve_permissions: bool = True,
+        permissions: int | None = None,
+        follow_symlinks: bool = True,
+        if_match: object | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> None:
+        self._set(
+            exclusive=exclusive,
+            durability=durability,
+            accept_weaker_durability=accept_weaker_durability,
+            preserve_permissions=preserve_permissions,
+            permissions=permissions,
+            follow_symlinks=follow_symlinks,
+            if_match=if_match,
+            storage_options={} if storage_options is None else storage_options,
+            progress=progress,
+        )
+
+    def __hash__(self) -> int:
+        # storage_options is a dict: options are compared, never used as keys.
+        raise TypeError("WriteOptions is not hashable")
 
 
 class PendingWrite(ABC):
@@ -68,6 +106,29 @@ class PendingWrite(ABC):
     @abstractmethod
     def discard(self) -> None:
         """Drop the new content; the target is left as it was.  Safe to call more than once."""
+
+    #: Whether `commit` splits into `stage`, `publish_staged` and `finish_staged`, which lets
+    #: [`atomic_batch`][atomicwrite.atomic_batch] flush each directory once for many files.  A
+    #: strategy that cannot split is committed whole, file by file, in the batch's publish step.
+    can_stage: bool = False
+
+    def stage(self) -> None:
+        """Flush the content to storage without publishing it.  On failure, discard and raise."""
+        raise NotImplementedError
+
+    def publish_staged(self) -> str | None:
+        """Publish a staged write; return the directory whose flush is still due (None: none is).
+
+        On failure, discard and raise."""
+        raise NotImplementedError
+
+    def flush_directory(self) -> bool:
+        """Flush the directory named by `publish_staged` (False: the file system cannot)."""
+        raise NotImplementedError
+
+    def finish_staged(self, directory_flushed: bool) -> CommitResult:
+        """Release what a published write still holds and report what it achieved."""
+        raise NotImplementedError
 
 
 class TargetLock(ABC):

@@ -1,222 +1,131 @@
-"""Run the benchmarks: ``python -m benchmarks [--quick]`` (or ``nox -s bench``).
+"""Run the benchmarks: ``python -m benchmarks [--quick] [--only NAME ...]`` (or ``nox -s bench``).
 
-Each row runs our code and its baseline alternately, several rounds, and reports the medians,
-the spread (min..max) and their ratio.  The machines are noisy, so only ratios measured side by
-side in the same run mean anything; absolute times are printed for context.
+One module per workload (see benchmarks/_harness.py for what a module provides).  Each row runs
+our code and its baseline alternately, several rounds, and reports the medians, the spread
+(interquartile range) and their ratio; the table is printed and, for a full run of every
+workload, written to docs/benchmarks.md with the machine described.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import os
-import statistics
-import subprocess
+import dataclasses
+import json
+import shlex
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from atomicwrite import atomic_directory, atomic_open
+from . import (
+    _report,
+    background,
+    batch,
+    directory,
+    import_time,
+    peers,
+    s3_upload,
+    small_replace,
+    streamed,
+    torch_checkpoint,
+)
+from ._harness import ROOT, Context, MiB, Row, Target
 
-MiB = 1 << 20
-
-
-@dataclass
-class Row:
-    workload: str
-    ours: list[float]
-    baseline_name: str
-    baseline: list[float]
-    unit: str
-    higher_is_better: bool
-
-    def ratio(self) -> float:
-        ours, base = statistics.median(self.ours), statistics.median(self.baseline)
-        return ours / base if self.higher_is_better else base / ours
-
-
-def alternate(rounds: int, ours: Callable[[], float], baseline: Callable[[], float]) -> tuple[list[float], list[float]]:
-    """Run both ``rounds`` times, alternating which goes first, after one warm-up each."""
-    ours()
-    baseline()
-    mine: list[float] = []
-    theirs: list[float] = []
-    for index in range(rounds):
-        if index % 2:
-            theirs.append(baseline())
-            mine.append(ours())
-        else:
-            mine.append(ours())
-            theirs.append(baseline())
-    return mine, theirs
+WORKLOADS = (streamed, small_replace, peers, batch, directory, torch_checkpoint, background, s3_upload, import_time)
 
 
-def raw_replace(directory: Path, payload: bytes) -> None:
-    """The floor for a durable replace, in plain os calls: write, fsync, rename, fsync dir."""
-    temp = directory / ".raw.tmp"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, payload)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(temp, directory / "raw.bin")
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+def _size(text: str) -> int:
+    """``512M``, ``1G`` or a byte count."""
+    units = {"K": 1 << 10, "M": MiB, "G": 1 << 30}
+    text = text.strip().upper().removesuffix("IB").removesuffix("B")
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
 
 
-def small_replace(directory: Path, rounds: int, count: int) -> Row:
-    payload = os.urandom(4096)
-
-    def ours() -> float:
-        start = time.perf_counter()
-        for _ in range(count):
-            with atomic_open(directory / "ours.bin", "wb") as file:
-                file.write(payload)
-        return (time.perf_counter() - start) / count * 1e3
-
-    def baseline() -> float:
-        start = time.perf_counter()
-        for _ in range(count):
-            raw_replace(directory, payload)
-        return (time.perf_counter() - start) / count * 1e3
-
-    mine, theirs = alternate(rounds, ours, baseline)
-    return Row(f"4 KiB durable replace x{count}", mine, "raw 2-fsync protocol", theirs, "ms/op", False)
+def _command(arguments: list[str]) -> str:
+    """The command line as the report shows it: where raw results were kept is nobody's business."""
+    shown: list[str] = []
+    skip = False
+    for argument in arguments:
+        if skip:
+            skip = False
+        elif argument in ("--save", "--output", "--dir"):
+            skip = True
+        elif not argument.startswith(("--save=", "--output=", "--dir=")):
+            shown.append(argument)
+    return shlex.join(["python", "-m", "benchmarks", *shown])
 
 
-def streamed(directory: Path, rounds: int, size: int) -> Row:
-    chunk = os.urandom(MiB)
-
-    def ours() -> float:
-        start = time.perf_counter()
-        with atomic_open(directory / "big.bin", "wb") as file:
-            for _ in range(size // MiB):
-                file.write(chunk)
-        return size / MiB / (time.perf_counter() - start)
-
-    def baseline() -> float:
-        start = time.perf_counter()
-        with open(directory / "raw-big.bin", "wb") as file:
-            for _ in range(size // MiB):
-                file.write(chunk)
-            file.flush()
-            os.fsync(file.fileno())
-        return size / MiB / (time.perf_counter() - start)
-
-    mine, theirs = alternate(rounds, ours, baseline)
-    return Row(f"{size // MiB} MiB streamed, durable", mine, "open+write+fsync", theirs, "MiB/s", True)
+def _methods() -> dict[str, str]:
+    """Each workload's docstring: how it is measured, for the report."""
+    return {module.TITLE: (module.__doc__ or "").strip() for module in WORKLOADS}
 
 
-def directory_save(directory: Path, rounds: int, files: int, size: int, checksums: bool) -> Row:
-    """A checkpoint directory published all at once, against the same files each replaced
-    durably on its own (atomic per file, but a crash can leave a mix of old and new files)."""
-    payloads = [os.urandom(size) for _ in range(files)]
-
-    def ours() -> float:
-        start = time.perf_counter()
-        with atomic_directory(directory / "ckpt-dir", checksums=checksums) as stage:
-            for index, payload in enumerate(payloads):
-                with open(stage / f"shard-{index}.bin", "wb") as file:
-                    file.write(payload)
-        return (time.perf_counter() - start) * 1e3
-
-    def baseline() -> float:
-        target = directory / "raw-dir"
-        target.mkdir(exist_ok=True)
-        start = time.perf_counter()
-        for index, payload in enumerate(payloads):
-            temp = target / f".shard-{index}.tmp"
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                os.write(fd, payload)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(temp, target / f"shard-{index}.bin")
-        dir_fd = os.open(target, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-        return (time.perf_counter() - start) * 1e3
-
-    mine, theirs = alternate(rounds, ours, baseline)
-    label = f"dir {files}x{size // 1024} KiB" + ("" if checksums else ", no sha256")
-    return Row(label, mine, "per-file replace, 1 dir fsync", theirs, "ms", False)
-
-
-LIGHTNING_SAVE = """
-import resource, sys, time, torch
-from atomicwrite.lightning import AtomicCheckpointIO
-from lightning.fabric.plugins import TorchCheckpointIO
-plugin = AtomicCheckpointIO() if sys.argv[3] == "ours" else TorchCheckpointIO()
-mib = int(sys.argv[2])
-state = {"state_dict": {f"w{i}": torch.ones(2**20 // 4 * 10) for i in range(mib // 10)}, "epoch": 1}
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-start = time.perf_counter()
-plugin.save_checkpoint(state, sys.argv[1])
-seconds = time.perf_counter() - start
-print(seconds, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
-"""
-
-
-def lightning_checkpoint(directory: Path, rounds: int, size_mib: int) -> list[Row]:
-    """A Lightning checkpoint save: AtomicCheckpointIO against Lightning's TorchCheckpointIO,
-    each in a fresh process so that its peak RSS is its own."""
-    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("lightning") is None:
-        print("lightning checkpoint rows skipped: torch and lightning are not installed", file=sys.stderr)
-        return []
-    root = str(Path(__file__).resolve().parent.parent)
-    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    extra_rss: dict[str, list[float]] = {"ours": [], "lightning": []}
-
-    def save(which: str) -> float:
-        target = directory / f"{which}.ckpt"
-        argv = [sys.executable, "-c", LIGHTNING_SAVE, str(target), str(size_mib), which]
-        out = subprocess.run(argv, capture_output=True, text=True, check=True, env=env).stdout.split()
-        target.unlink()
-        extra_rss[which].append(float(out[-1]))
-        return float(out[-2])
-
-    mine, theirs = alternate(rounds, lambda: save("ours"), lambda: save("lightning"))
-    rss = Row(
-        f"{size_mib} MiB Lightning checkpoint, RSS",
-        extra_rss["ours"][1:],  # without the warm-up round, as for the times
-        "TorchCheckpointIO",
-        extra_rss["lightning"][1:],
-        "MiB extra",
-        False,
-    )
-    return [Row(f"{size_mib} MiB Lightning checkpoint, time", mine, "TorchCheckpointIO", theirs, "s", False), rss]
+def _row(saved: dict[str, Any]) -> Row:
+    return Row(**{**saved, "targets": [Target(**target) for target in saved["targets"]]})
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer rounds and smaller sizes")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and smaller sizes (a smoke run)")
+    parser.add_argument(
+        "--only", nargs="+", choices=[module.NAME for module in WORKLOADS], help="run only these workloads"
+    )
     parser.add_argument("--dir", type=Path, default=None, help="where to write (default: a temp dir in .)")
+    parser.add_argument("--size", type=_size, default=None, help="streamed size (default 1G; --quick 64M)")
+    parser.add_argument("--torch-size", type=_size, default=None, help="state dict size (default 1G; --quick 64M)")
+    parser.add_argument("--s3-size", type=_size, default=None, help="S3 object size (default 512M; --quick 32M)")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds per row (default 7; --quick 3)")
+    parser.add_argument(
+        "--output", type=Path, default=None, help="markdown report (default: docs/benchmarks.md on a full run)"
+    )
+    parser.add_argument("--save", type=Path, default=None, help="also keep the raw results (JSON) here")
+    parser.add_argument("--render", type=Path, default=None, help="only re-render the report from --save results")
     args = parser.parse_args(argv)
-    rounds = 3 if args.quick else 7
+    if args.render is not None:
+        saved = json.loads(args.render.read_text())
+        rows = [_row(row) for row in saved["rows"]]
+        print(_report.table(rows))
+        output = args.output or ROOT / "docs" / "benchmarks.md"
+        command = _command(shlex.split(saved["command"])[3:])
+        page = _report.markdown(rows, saved["machine"], command, saved["seconds"], saved["rounds"], _methods())
+        output.write_text(page)
+        return 0
+    quick = args.quick
+    rounds = args.rounds or (3 if quick else 7)
+    selected = [module for module in WORKLOADS if not args.only or module.NAME in args.only]
+    started = time.perf_counter()
+    rows = []
     with tempfile.TemporaryDirectory(dir=args.dir or Path.cwd(), prefix=".bench-") as name:
         directory = Path(name)
-        rows = [
-            small_replace(directory, rounds, 50 if args.quick else 500),
-            streamed(directory, rounds, (64 if args.quick else 1024) * MiB),
-            directory_save(directory, rounds, 16, (256 if args.quick else 4096) * 1024, checksums=True),
-            directory_save(directory, rounds, 16, (256 if args.quick else 4096) * 1024, checksums=False),
-            *lightning_checkpoint(directory, rounds, 100 if args.quick else 1000),
-        ]
-    print(f"{'workload':34} {'ours (median, min..max)':32} {'baseline':38} ratio")
-    for row in rows:
-        ours = f"{statistics.median(row.ours):.3f} ({min(row.ours):.3f}..{max(row.ours):.3f}) {row.unit}"
-        base = f"{statistics.median(row.baseline):.3f} {row.unit} {row.baseline_name}"
-        print(f"{row.workload:34} {ours:32} {base:38} {row.ratio():.3f}x")
+        context = Context(
+            directory=directory,
+            quick=quick,
+            rounds=rounds,
+            stream_size=args.size or (64 * MiB if quick else 1 << 30),
+            torch_size=args.torch_size or (64 * MiB if quick else 1 << 30),
+            s3_size=args.s3_size or (32 * MiB if quick else 512 * MiB),
+        )
+        info = _report.machine(directory)
+        for module in selected:
+            print(f"running {module.TITLE}...", file=sys.stderr, flush=True)
+            rows += module.run(context)
+    seconds = time.perf_counter() - started
+    print(_report.table(rows))
+    output = args.output
+    if output is None and not quick and not args.only:
+        output = ROOT / "docs" / "benchmarks.md"
+    command = _command(argv if argv is not None else sys.argv[1:])
+    if output is not None:
+        output.write_text(_report.markdown(rows, info, command, seconds, rounds, _methods()))
+        print(f"written to {output}", file=sys.stderr)
+    if args.save is not None:
+        saved = {"machine": info, "command": command, "seconds": seconds, "rounds": rounds}
+        args.save.write_text(json.dumps({**saved, "rows": [dataclasses.asdict(row) for row in rows]}, indent=1))
+    met = [target.met for row in rows for target in row.targets if target.met is not None]
+    print(f"{sum(met)} of {len(met)} targets met in {seconds / 60:.1f} minutes", file=sys.stderr)
     return 0
 
 

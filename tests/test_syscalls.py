@@ -33,7 +33,7 @@ TRACED = ",".join(
         *("rename", "renameat", "renameat2", "linkat", "unlink", "unlinkat"),
     ]
 )
-SIZE = 3 << 20  # two 1.5 MiB writes: larger than the 1 MiB buffer, so each goes straight through
+SIZE = 3 << 20  # two 1.5 MiB writes: larger than the 256 KiB buffer, so each goes straight through
 
 
 def _strace() -> str:

@@ -1,0 +1,324 @@
+"""Group commit: many files written, then published together under one flush per directory.
+
+A durable replace costs two flushes: the file's data, then the directory that names it.  For
+many small files in one directory the second flush is shared: every file is flushed, every
+rename is done, and each directory is flushed once, after the last rename into it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, overload
+
+from ._api import AtomicBinaryFile, AtomicTextFile, BinaryMode, Target, TextMode, _discard_after, atomic_open
+from ._errors import AtomicWriteError, DurabilityError, UsageError
+from ._result import CommitResult, Durability
+from ._strategy import PendingWrite
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+__all__ = ["AtomicBatch", "BatchError", "atomic_batch"]
+
+# Files flushed at once in the background: enough for the file system to commit several
+# flushes together, few enough to bound the descriptors held (two per file in flight).
+_STAGING_THREADS = 4
+_IN_FLIGHT = 8
+
+
+class BatchError(AtomicWriteError):
+    """A batch could publish only some of its files.
+
+    Each file of a batch is still all-or-nothing, but the batch as a whole is not: the files in
+    ``published`` carry their new content (flushed as their results say), ``failed`` is the file
+    whose publish failed, and the files in ``discarded`` were left as they were.  The error that
+    stopped the batch is the ``__cause__``.
+    """
+
+    def __init__(
+        self, message: str, *, published: list[CommitResult], failed: str | None, discarded: list[str]
+    ) -> None:
+        super().__init__(message)
+        self.published = published
+        self.failed = failed
+        self.discarded = discarded
+
+
+def _binary_of(file: AtomicBinaryFile | AtomicTextFile) -> AtomicBinaryFile:
+    return file._binary if isinstance(file, AtomicTextFile) else file
+
+
+class AtomicBatch:
+    """Files opened with `open` and published together when the batch ends.
+
+    Made by [`atomic_batch`][atomicwrite.atomic_batch], which explains what is (and is not)
+    promised.
+    """
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        self._options = dict(options)
+        self._files: list[AtomicBinaryFile | AtomicTextFile] = []
+        self._results: list[CommitResult] = []
+        self._state: Literal["open", "committed", "discarded"] = "open"
+        self._executor: ThreadPoolExecutor | None = None
+        # Staging (fsync, name, close) in flight, oldest first.
+        self._staging: dict[PendingWrite, Future[None]] = {}
+
+    def _stage(self, pending: PendingWrite) -> None:
+        """Flush a finished file in the background while the caller writes the next one.
+
+        Each fsync still covers exactly its own file; running them on other threads overlaps
+        them with the caller's writing, and lets the file system commit concurrent ones
+        together.  At most ``_IN_FLIGHT`` files (and their descriptors) are staged at once.
+        """
+        if not pending.can_stage:
+            return
+        # Closed here, so a write after the file's with block fails instead of being lost.
+        pending.stream.close()
+        if self._executor is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._executor = ThreadPoolExecutor(_STAGING_THREADS, thread_name_prefix="atomicwrite-batch")
+        while len(self._staging) >= _IN_FLIGHT:
+            oldest, future = next(iter(self._staging.items()))
+            try:
+                future.result()
+            finally:
+                # Kept while still running (an interrupted wait): discard() must wait for it.
+                if future.done():
+                    del self._staging[oldest]
+        self._staging[pending] = self._executor.submit(pending.stage)
+
+    def _settle(self, pending: PendingWrite) -> None:
+        """Wait for the staging of ``pending`` (if any) to end, whatever its outcome."""
+        future = self._staging.get(pending)
+        if future is not None:
+            from concurrent.futures import wait
+
+            wait([future])
+            del self._staging[pending]
+
+    def _settle_all(self) -> BaseException | None:
+        """Wait for every staging in flight; return the first error among them."""
+        first: BaseException | None = None
+        while self._staging:
+            pending, future = next(iter(self._staging.items()))
+            error = future.exception()
+            del self._staging[pending]
+            if first is None:
+                first = error
+        if self._executor is not None:
+            self._executor.shutdown()
+            self._executor = None
+        return first
+
+    @property
+    def results(self) -> list[CommitResult]:
+        """The results of the published files, in the order they were opened (empty until then)."""
+        return list(self._results)
+
+    @overload
+    def open(self, target: Target, mode: BinaryMode = ..., **options: Any) -> AtomicBinaryFile: ...
+
+    @overload
+    def open(self, target: Target, mode: TextMode, **options: Any) -> AtomicTextFile: ...
+
+    @overload
+    def open(self, target: Target, mode: str, **options: Any) -> AtomicBinaryFile | AtomicTextFile: ...
+
+    def open(self, target: Target, mode: str = "wb", **options: Any) -> AtomicBinaryFile | AtomicTextFile:
+        """Open ``target`` as [`atomic_open`][atomicwrite.atomic_open] does (same modes and options,
+        the batch's as defaults); the file is published when the batch ends, not before.
+
+        Leaving the file's own ``with`` block flushes it to storage and closes it; an exception
+        there discards that file and, as it leaves the batch's block, the whole batch.
+        """
+        if self._state != "open":
+            raise UsageError(f"this batch is {self._state}; open files in a new atomic_batch()")
+        if options.get("lock"):
+            # Holding many target locks until the batch ends invites lock-order deadlocks with
+            # other batches; a batch is for files this process alone writes.
+            raise UsageError("files of an atomic_batch cannot be opened with lock=True")
+        file = atomic_open(target, mode, **{**self._options, **options})
+        _binary_of(file)._batch = self
+        self._files.append(file)
+        return file
+
+    def commit(self) -> list[CommitResult]:
+        """Publish every file that was not discarded, then flush each directory once.
+
+        Returns their results in the order the files were opened.  Raises
+        [`BatchError`][atomicwrite.BatchError] if a file could not be published (the files
+        before it are published, it and the files after it are discarded) and
+        [`DurabilityError`][atomicwrite.DurabilityError] if a directory could not be flushed
+        and ``accept_weaker_durability`` was not given (every file is published then).
+        """
+        if self._state == "committed":
+            return self.results
+        if self._state == "discarded":
+            raise AtomicWriteError("this batch was discarded; it cannot be committed")
+        live = [file for file in self._files if not file.discarded]
+        try:
+            # Step 1: every file's data reaches storage before any name changes, so a crash in
+            # step 2 can only publish complete files.
+            for file in live:
+                file._stage()
+            error = self._settle_all()
+            if error is not None:
+                raise error
+        except BaseException:
+            self.discard()
+            raise
+        self._state = "committed"
+        # Step 2: publish, in the order opened.  A file whose strategy cannot stage is
+        # committed whole here, with its own flushes.
+        staged: list[AtomicBinaryFile] = []
+        directories: dict[str, AtomicBinaryFile] = {}
+        published: list[AtomicBinaryFile] = []
+        whole: dict[int, CommitResult] = {}
+        failure: BaseException | None = None
+        failed: str | None = None
+        discarded: list[str] = []
+        for index, file in enumerate(live):
+            binary = _binary_of(file)
+            pending = binary._pending
+            try:
+                if pending.can_stage:
+                    directory = pending.publish_staged()
+                    if directory is not None:
+                        # The last rename into a directory is the one its flush must follow.
+                        directories.pop(directory, None)
+                        directories[directory] = binary
+                    staged.append(binary)
+                else:
+                    whole[id(binary)] = pending.commit()
+            except BaseException as exc:
+                failure, failed = exc, _location(binary)
+                _discard_after(binary, exc)
+                for rest in live[index + 1 :]:
+                    _discard_after(rest, exc)
+                    discarded.append(_location(_binary_of(rest)))
+                break
+            published.append(binary)
+        # Step 3: one flush per directory, after its last rename.
+        flushed: dict[str, bool] = {}
+        for directory, binary in directories.items():
+            try:
+                flushed[directory] = binary._pending.flush_directory()
+            except BaseException as exc:
+                flushed[directory] = False
+                if failure is None:
+                    failure, failed = exc, None
+        short: list[DurabilityError] = []
+        for binary in published:
+            pending = binary._pending
+            if id(binary) in whole:
+                result = whole[id(binary)]
+            else:
+                directory = _directory_of(binary)
+                try:
+                    result = pending.finish_staged(flushed.get(directory, True) if directory else True)
+                except DurabilityError as exc:
+                    short.append(exc)
+                    result = exc.result
+            binary._published(result)
+            self._results.append(result)
+        if failure is not None:
+            raise BatchError(
+                f"the batch published {len(self._results)} of {len(live)} files before an error"
+                f" ({failure}); {len(discarded) + (failed is not None)} were left as they were",
+                published=self.results,
+                failed=failed,
+                discarded=discarded,
+            ) from failure
+        if short:
+            raise short[0]
+        return self.results
+
+    def discard(self) -> None:
+        """Drop every file of the batch that was not published; their targets stay as they were."""
+        if self._state != "open":
+            return
+        self._state = "discarded"
+        self._settle_all()
+        errors: list[BaseException] = []
+        for file in self._files:
+            try:
+                file.discard()
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def __enter__(self) -> AtomicBatch:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.commit()
+            return
+        try:
+            self.discard()
+        except Exception as cleanup_error:
+            add_note = getattr(exc, "add_note", None)  # Python 3.11+
+            if add_note is not None:
+                add_note(f"atomicwrite: discarding the batch also failed ({cleanup_error!r}); sweep() cleans up")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._state}, {len(self._files)} files>"
+
+
+def _location(binary: AtomicBinaryFile) -> str:
+    return str(getattr(binary._pending, "_location", "?"))
+
+
+def _directory_of(binary: AtomicBinaryFile) -> str | None:
+    target = getattr(binary._pending, "_target", None)
+    return os.path.dirname(target) if isinstance(target, str) else None
+
+
+def atomic_batch(*, durability: Durability = "full", accept_weaker_durability: bool = False) -> AtomicBatch:
+    """Write many files, then publish them together: a group commit.
+
+    ```python
+    with atomic_batch() as batch:
+        for name, payload in shards.items():
+            with batch.open(name, "wb") as f:
+                f.write(payload)
+    # every file is published and flushed here
+    ```
+
+    When the batch ends, every file's data is flushed first, then every file is renamed into
+    place (in the order opened), then each directory is flushed once, after its last rename.
+    For n small files in one directory that is n + 1 flushes instead of 2n.
+
+    What is promised:
+
+    - each file, on its own, is all-or-nothing, exactly as with
+      [`atomic_open`][atomicwrite.atomic_open]: a reader or a crash sees its old or its complete
+      new content;
+    - no file is published before every file's data is flushed, and none at all if the
+      ``with`` block raises (every file is discarded then);
+    - once the batch returns, every file is published at the durability asked.
+
+    What is not: the batch is not all-or-nothing across files.  A crash (or power loss) during
+    the publish step can leave some targets new and the others old; after a power loss before
+    the directory flush, *any* subset of the renames may survive, not only the first ones.  If
+    one file cannot be published (an exclusive target that appeared, an ``if_match`` conflict),
+    the files before it stay published, it and the rest are discarded, and
+    [`BatchError`][atomicwrite.BatchError] says which is which.  Readers that need the set to
+    change at once should read a manifest written after the batch (see the PyTorch page).
+
+    Args:
+        durability: the default for the files of the batch (see [`atomic_open`][atomicwrite.atomic_open]).
+        accept_weaker_durability: the default for the files of the batch.
+
+    Returns:
+        [`AtomicBatch`][atomicwrite.AtomicBatch], a context manager whose
+        [`open`][atomicwrite.AtomicBatch.open] takes the arguments of ``atomic_open``.
+    """
+    return AtomicBatch({"durability": durability, "accept_weaker_durability": accept_weaker_durability})

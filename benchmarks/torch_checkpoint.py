@@ -1,0 +1,117 @@
+"""A ~1 GiB state dict saved three ways, each in a fresh process: wall time and peak extra RSS.
+
+Ours: ``atomicwrite.torch.save`` (streamed into the temp file, durability full).  Baselines:
+``torch.save(path)`` followed by an fsync of the file (not atomic), and Lightning 2.6's
+``TorchCheckpointIO.save_checkpoint`` (serialized into memory first, then written).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+from ._harness import Context, MiB, Row, Target, alternate_many, median, probe, spread_reason
+
+NAME = "torch"
+TITLE = "torch checkpoint"
+TENSOR = 64 * MiB
+
+PROBE = r"""
+import os, sys
+import torch
+
+contender, path, size, tensor = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+count = max(1, size // tensor)
+state = {f"layer{i}.weight": torch.empty(tensor // 4, dtype=torch.float32).fill_(i) for i in range(count)}
+
+if contender == "ours":
+    import atomicwrite.torch
+
+    save = lambda: atomicwrite.torch.save(state, path)
+elif contender == "torch":
+    def save():
+        torch.save(state, path)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+else:
+    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+    save = lambda: TorchCheckpointIO().save_checkpoint(state, path)
+measure(save, bytes=count * tensor)
+os.unlink(path)
+"""
+
+
+def run(context: Context) -> list[Row]:
+    directory = context.directory / "torch"
+    directory.mkdir()
+    if importlib.util.find_spec("torch") is None:
+        row = Row("torch checkpoint", "atomicwrite.torch.save", "torch.save + fsync", "s", [1.0], [1.0], False)
+        row.targets.append(Target("wall <= 1.05x", "torch not installed", None))
+        return [row]
+    size = context.torch_size
+    contenders = {"ours": "ours", "torch": "torch"}
+    if importlib.util.find_spec("lightning") is not None:
+        contenders["lightning"] = "lightning"
+
+    def contender(name: str) -> dict[str, float]:
+        # Each starts from a clean page cache: Lightning flushes nothing, and the dirty pages it
+        # leaves (or their writeback) would otherwise land on whoever runs next.
+        os.sync()
+        return probe(PROBE, name, str(directory / f"{name}.ckpt"), str(size), str(min(TENSOR, size)))
+
+    samples = alternate_many(
+        1 if context.quick else 5, {name: (lambda name=name: contender(name)) for name in contenders}, warmup=False
+    )
+    label = f"torch {size // MiB} MiB state dict"
+    seconds = {name: [sample["seconds"] for sample in runs] for name, runs in samples.items()}
+    extra = {name: [sample["extra_rss"] / MiB for sample in runs] for name, runs in samples.items()}
+    rows = []
+    row = Row(
+        f"{label}: wall",
+        "atomicwrite.torch.save",
+        "torch.save(path) + fsync",
+        "s",
+        seconds["ours"],
+        seconds["torch"],
+        False,
+    )
+    met = row.ratio <= 1.05
+    row.targets.append(Target("wall <= 1.05x", f"{row.ratio:.3f}x", met, "" if met else spread_reason(row)))
+    ours_rss = median(extra["ours"])
+    row.targets.append(
+        Target(
+            "peak extra RSS <= 32 MiB",
+            f"{ours_rss:.0f} MiB (torch.save: {median(extra['torch']):.0f} MiB)",
+            ours_rss <= 32,
+            "" if ours_rss <= 32 else "more than one buffer of the payload is held while saving",
+        )
+    )
+    rows.append(row)
+    if "lightning" in samples:
+        row = Row(
+            f"{label}: wall vs Lightning",
+            "atomicwrite.torch.save",
+            "Lightning 2.6 TorchCheckpointIO",
+            "s",
+            seconds["ours"],
+            seconds["lightning"],
+            False,
+        )
+        lightning_rss = median(extra["lightning"])
+        row.targets.append(
+            Target(
+                "less RAM than Lightning (+1x checkpoint)",
+                f"ours +{ours_rss:.0f} MiB, Lightning +{lightning_rss:.0f} MiB",
+                ours_rss < lightning_rss,
+            )
+        )
+        faster = row.ratio < 1
+        row.targets.append(
+            Target("faster than Lightning", f"{row.ratio:.3f}x", faster, "" if faster else spread_reason(row))
+        )
+        rows.append(row)
+    return rows

@@ -1,0 +1,370 @@
+"""atomic_batch: many files flushed, then published, then one directory flush per directory.
+
+The promise is per file (old or complete new content, whatever happens), plus: nothing is
+published before every file is flushed, nothing at all if the block raises, and the flushes
+really are shared (counted with strace).  A writer killed with SIGKILL at every rename and every
+flush of a batch leaves each target old or new, and only leftovers that sweep() removes.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import atomicwrite
+from atomicwrite import (
+    AtomicBatch,
+    BatchError,
+    DurabilityError,
+    TargetExistsError,
+    UsageError,
+    atomic_batch,
+    atomic_open,
+    sweep,
+)
+from tests._workers import ROOT
+from tests.test_syscalls import _strace
+
+linux_only = pytest.mark.skipif(sys.platform != "linux", reason="strace is Linux's")
+
+
+def _contents(directory: Path) -> dict[str, bytes]:
+    return {entry.name: entry.read_bytes() for entry in sorted(directory.iterdir())}
+
+
+def test_publishes_every_file_when_the_batch_ends(tmp_path: Path) -> None:
+    (tmp_path / "old.bin").write_bytes(b"old")
+    with atomic_batch() as batch:
+        with batch.open(tmp_path / "old.bin", "wb") as first:
+            first.write(b"new")
+        with batch.open(tmp_path / "note.txt", "w", encoding="utf-8") as second:
+            second.write("caf\u00e9")
+        # Flushed and closed, but not published while the batch is open.
+        assert (tmp_path / "old.bin").read_bytes() == b"old"
+        assert not (tmp_path / "note.txt").exists()
+        assert first.result is None
+        assert "staged" in repr(first)
+    assert _contents(tmp_path) == {"note.txt": "caf\u00e9".encode(), "old.bin": b"new"}
+    results = batch.results
+    assert [Path(result.target).name for result in results] == ["old.bin", "note.txt"]
+    assert [result.durability for result in results] == ["full", "full"]
+    assert [result.bytes_written for result in results] == [3, 5]
+    assert first.result == results[0]
+    assert second.result == results[1]
+    assert "committed" in repr(batch)
+
+
+def test_files_left_open_are_published_too(tmp_path: Path) -> None:
+    with atomic_batch() as batch:
+        file = batch.open(tmp_path / "a", "wb")
+        file.write(b"payload")
+    assert (tmp_path / "a").read_bytes() == b"payload"
+    assert file.result is not None
+
+
+def test_an_exception_in_the_block_publishes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "a").write_bytes(b"old a")
+    with pytest.raises(RuntimeError, match="stop"), atomic_batch() as batch:
+        for name in ("a", "b", "c"):
+            with batch.open(tmp_path / name, "wb") as file:
+                file.write(b"new " + name.encode())
+        raise RuntimeError("stop")
+    assert _contents(tmp_path) == {"a": b"old a"}
+    assert batch.results == []
+    assert "discarded" in repr(batch)
+
+
+def test_an_exception_in_one_file_discards_the_batch(tmp_path: Path) -> None:
+    with pytest.raises(ZeroDivisionError), atomic_batch() as batch:
+        with batch.open(tmp_path / "a", "wb") as file:
+            file.write(b"a")
+        with batch.open(tmp_path / "b", "wb") as file:
+            file.write(b"partial")
+            _ = 1 / 0
+    assert _contents(tmp_path) == {}
+
+
+def test_a_discarded_file_is_left_out(tmp_path: Path) -> None:
+    with atomic_batch() as batch:
+        with batch.open(tmp_path / "kept", "wb") as kept:
+            kept.write(b"k")
+        dropped = batch.open(tmp_path / "dropped", "wb")
+        dropped.write(b"d")
+        dropped.discard()
+    assert _contents(tmp_path) == {"kept": b"k"}
+    assert dropped.discarded
+    assert len(batch.results) == 1
+
+
+def test_a_failed_publish_names_what_was_and_was_not_published(tmp_path: Path) -> None:
+    with pytest.raises(BatchError) as caught, atomic_batch() as batch:
+        with batch.open(tmp_path / "first", "wb") as file:
+            file.write(b"1")
+        with batch.open(tmp_path / "taken", "xb") as file:
+            file.write(b"2")
+        with batch.open(tmp_path / "third", "wb") as file:
+            file.write(b"3")
+        # Another writer creates the exclusive target after it was opened.
+        (tmp_path / "taken").write_bytes(b"theirs")
+    error = caught.value
+    assert isinstance(error.__cause__, TargetExistsError)
+    assert [Path(result.target).name for result in error.published] == ["first"]
+    assert error.failed is not None
+    assert error.failed.endswith("taken")
+    assert [Path(name).name for name in error.discarded] == ["third"]
+    # The published file is in place and the others are untouched, with no temp left behind.
+    assert _contents(tmp_path) == {"first": b"1", "taken": b"theirs"}
+
+
+def test_misuse_gets_typed_errors(tmp_path: Path) -> None:
+    with atomic_batch() as batch:
+        file = batch.open(tmp_path / "a", "wb")
+        with pytest.raises(UsageError, match="batch"):
+            file.commit()
+        with pytest.raises(UsageError, match="lock=True"):
+            batch.open(tmp_path / "b", "wb", lock=True)
+        with pytest.raises(UsageError, match="mode"):
+            batch.open(tmp_path / "c", "ab")
+    with pytest.raises(UsageError, match="committed"):
+        batch.open(tmp_path / "d", "wb")
+    assert _contents(tmp_path) == {"a": b""}
+
+
+def test_options_per_file_override_the_batch(tmp_path: Path) -> None:
+    with atomic_batch(durability="none") as batch:
+        with batch.open(tmp_path / "fast", "wb") as file:
+            file.write(b"f")
+        with batch.open(tmp_path / "safe", "wb", durability="full", permissions=0o600) as file:
+            file.write(b"s")
+    assert [result.durability for result in batch.results] == ["none", "full"]
+    assert (tmp_path / "safe").stat().st_mode & 0o777 == 0o600
+
+
+def test_strategies_that_cannot_stage_commit_file_by_file() -> None:
+    import fsspec
+
+    memory = fsspec.filesystem("memory")
+    with atomic_batch() as batch:
+        for name in ("x", "y"):
+            with batch.open(f"memory://batch-test/{name}", "wb") as file:
+                file.write(name.encode())
+    assert memory.cat("/batch-test/x") == b"x"
+    assert memory.cat("/batch-test/y") == b"y"
+    assert [result.strategy for result in batch.results] == ["memory", "memory"]
+    memory.rm("/batch-test", recursive=True)
+
+
+def test_a_directory_that_cannot_be_flushed_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from atomicwrite import _posix
+
+    real_sync = _posix._sync
+
+    def refuse_directories(fd: int) -> None:
+        import stat
+
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        real_sync(fd)
+
+    monkeypatch.setattr(_posix, "_sync", refuse_directories)
+    with pytest.raises(DurabilityError) as caught, atomic_batch() as batch, batch.open(tmp_path / "a", "wb") as file:
+        file.write(b"a")
+    assert caught.value.result.durability == "file"
+    assert (tmp_path / "a").read_bytes() == b"a"
+    with atomic_batch(accept_weaker_durability=True) as batch, batch.open(tmp_path / "b", "wb") as file:
+        file.write(b"b")
+    assert [result.durability for result in batch.results] == ["file"]
+
+
+def test_writing_after_the_files_block_fails_instead_of_being_lost(tmp_path: Path) -> None:
+    with atomic_batch() as batch:
+        with batch.open(tmp_path / "a", "wb") as file:
+            file.write(b"kept")
+        with pytest.raises(ValueError, match="closed"):
+            file.write(b"late")
+    assert (tmp_path / "a").read_bytes() == b"kept"
+
+
+def test_discarding_a_handed_over_file_leaves_its_target(tmp_path: Path) -> None:
+    (tmp_path / "a").write_bytes(b"old")
+    with atomic_batch() as batch:
+        with batch.open(tmp_path / "a", "wb") as file:
+            file.write(b"new")
+        file.discard()
+        with batch.open(tmp_path / "b", "wb") as other:
+            other.write(b"b")
+    assert _contents(tmp_path) == {"a": b"old", "b": b"b"}
+    assert [Path(result.target).name for result in batch.results] == ["b"]
+
+
+def test_a_failed_flush_publishes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from atomicwrite import AtomicOSError, _posix
+
+    real_sync = _posix._sync
+    calls = {"n": 0}
+
+    def failing_third(fd: int) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(errno.EIO, "Input/output error")
+        real_sync(fd)
+
+    monkeypatch.setattr(_posix, "_sync", failing_third)
+    for index in range(5):
+        (tmp_path / f"f{index}").write_bytes(b"old")
+    with pytest.raises(AtomicOSError, match="flushing the temp file"), atomic_batch() as batch:
+        for index in range(5):
+            with batch.open(tmp_path / f"f{index}", "wb") as file:
+                file.write(b"new")
+    # Every target is untouched and no temp is left, whichever file's flush failed.
+    assert _contents(tmp_path) == {f"f{index}": b"old" for index in range(5)}
+    assert batch.results == []
+
+
+def test_is_exported() -> None:
+    assert {"atomic_batch", "AtomicBatch", "BatchError"} <= set(atomicwrite.__all__)
+    assert isinstance(atomic_batch(), AtomicBatch)
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    from atomicwrite import _batch, atomic_batch
+
+    # One staging thread: strace counts calls per thread, so the Nth fsync of that thread is
+    # the Nth file's (the directory's fsync is the main thread's).
+    _batch._STAGING_THREADS = 1
+
+    directory, count = sys.argv[1], int(sys.argv[2])
+    with atomic_batch() as batch:
+        for index in range(count):
+            with batch.open(f"{directory}/f{index}", "wb") as file:
+                file.write(f"new {index} ".encode() * 1000)
+    print("done", flush=True)
+    """
+)
+COUNT = 4
+
+
+def _old(index: int) -> bytes:
+    return f"old {index} ".encode() * 700
+
+
+def _new(index: int) -> bytes:
+    return f"new {index} ".encode() * 1000
+
+
+def _prepare(directory: Path) -> None:
+    directory.mkdir()
+    for index in range(COUNT):
+        (directory / f"f{index}").write_bytes(_old(index))
+
+
+def _run(directory: Path, *strace_args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-c", WRITER, str(directory), str(COUNT)]
+    if strace_args:
+        command = [_strace(), "-f", "-qq", "-e", "signal=none", *strace_args, *command]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
+@linux_only
+def test_flushes_each_file_once_and_the_directory_once(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    _prepare(work)
+    log = tmp_path / "trace"
+    done = _run(work, "-e", "trace=fsync,fdatasync,rename,renameat,renameat2", "-o", str(log))
+    assert done.returncode == 0, done.stderr
+    calls = [line.split("(")[0].split()[-1] for line in log.read_text().splitlines() if "(" in line]
+    assert calls == ["fsync"] * COUNT + ["renameat"] * COUNT + ["fsync"]
+    assert _contents(work) == {f"f{index}": _new(index) for index in range(COUNT)}
+
+
+@linux_only
+@pytest.mark.parametrize(
+    ("call", "nth"),
+    [("fsync", n) for n in range(1, COUNT + 1)] + [("renameat", n) for n in range(1, COUNT + 1)],
+)
+def test_sigkill_at_every_flush_and_rename(tmp_path: Path, call: str, nth: int) -> None:
+    """Killed at each file's fsync (its staging thread's Nth) and at each rename.  A kill at
+    the directory's fsync leaves what the finished run leaves, on disk as the process saw it."""
+    work = tmp_path / "work"
+    _prepare(work)
+    done = _run(work, "-e", f"inject={call}:signal=KILL:when={nth}")
+    assert done.returncode == -signal.SIGKILL or done.returncode == 137, (done.returncode, done.stderr)
+    assert "done" not in done.stdout
+    renamed = 0 if call == "fsync" else nth - 1
+    seen = _contents(work)
+    targets = {name: content for name, content in seen.items() if not name.startswith(".")}
+    # Each target is whole: old, or complete new (the first `renamed` of them, in order).
+    assert targets == {f"f{index}": _new(index) if index < renamed else _old(index) for index in range(COUNT)}
+    # What the dead writer left is recognisable, and sweep() removes exactly that.
+    leftovers = sorted(name for name in seen if name.startswith("."))
+    removed = sweep(work, older_than=0)
+    assert sorted(Path(path).name for path in removed) == leftovers
+    assert sorted(path.name for path in work.iterdir()) == [f"f{index}" for index in range(COUNT)]
+
+
+LOOPING_WRITER = textwrap.dedent(
+    """
+    import sys
+    from atomicwrite import _batch, atomic_batch
+
+    # One staging thread: strace counts calls per thread, so the Nth fsync of that thread is
+    # the Nth file's (the directory's fsync is the main thread's).
+    _batch._STAGING_THREADS = 1
+
+    directory, count = sys.argv[1], int(sys.argv[2])
+    round = 0
+    while True:
+        round += 1
+        with atomic_batch() as batch:
+            for index in range(count):
+                with batch.open(f"{directory}/f{index}", "wb") as file:
+                    # A version is "round:index:" repeated; a torn file would not parse back.
+                    file.write(f"{round}:{index}:".encode() * (200 + round % 50))
+        print(round, flush=True)
+    """
+)
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_leaves_every_file_whole(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for attempt in range(6):
+        writer = subprocess.Popen(
+            [sys.executable, "-c", LOOPING_WRITER, str(work), str(COUNT)],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert writer.stdout is not None
+        writer.stdout.readline()  # at least one batch is complete
+        time.sleep(0.01 + 0.013 * attempt)
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+        writer.stdout.close()
+        for index in range(COUNT):
+            content = (work / f"f{index}").read_bytes()
+            unit = content.split(b":", 2)
+            version = f"{int(unit[0])}:{index}:".encode()
+            assert content == version * (200 + int(unit[0]) % 50), f"f{index} is torn after kill {attempt}"
+        sweep(work, older_than=0)
+        assert sorted(path.name for path in work.iterdir()) == [f"f{index}" for index in range(COUNT)]
+
+
+def test_atomic_open_outside_a_batch_is_unchanged(tmp_path: Path) -> None:
+    with atomic_open(tmp_path / "plain", "wb") as file:
+        file.write(b"p")
+    assert file.result is not None
+    assert file.result.durability == "full"
