@@ -59,15 +59,18 @@ def test_iqr_and_ratios() -> None:
 def test_the_report_says_which_targets_are_met_and_why_not(tmp_path: Path) -> None:
     met = Row("fast row", "ours", "base", "ms", [1.0, 1.1], [2.0, 2.1], False, [Target("t1", "0.5x", True)])
     missed = Row("slow row", "ours", "base", "ms", [3.0], [2.0], False, [Target("t2", "1.5x", False, "the disk")])
-    text = _report.table([met, missed])
+    absent = Row("torch row", "ours", "base", "s", [1.0], [1.0], False, [Target("t3", "torch not installed", None)])
+    text = _report.table([met, missed, absent])
     assert "fast row" in text
     assert "NOT met" in text
     info = _report.machine(tmp_path)
     assert set(info) >= {"CPU", "cores", "RAM", "file system of the bench directory", "kernel", "python"}
-    page = _report.markdown([met, missed], info, "python -m benchmarks", 60.0, 7)
+    page = _report.markdown([met, missed, absent], info, "python -m benchmarks", 60.0, 7)
     assert "| fast row |" in page
     assert "**slow row**, t2 (measured 1.5x): the disk." in page
-    assert "background torch save" in page
+    # A target that could not be measured says so; it is neither met nor missed.
+    assert "| t3 | torch not installed | not measured |" in page
+    assert "torch row**" not in page
 
 
 def test_sizes_parse() -> None:
