@@ -16,6 +16,11 @@ not flushed, so the old name may come back).  ``"none"`` flushes nothing and is 
 atomic against process crashes only: under power loss the explorer must find ``a`` failing too.
 Known-bad protocols in plain ``os`` calls prove the explorer has teeth.
 
+Directory trees (``atomic_directory`` creating then replacing a target, ``CheckpointStore``
+saving twice) are explored the same way by tests/crashsim/tree.py: the target must be absent
+(only before the first publish returned) or verify against its manifest and hold exactly the
+old or the new generation; ``latest()`` must return a complete saved generation.
+
 Needs strace (skipped without it, unless ``ATOMICWRITE_REQUIRE_STRACE=1``).  The counts of crash
 points and states per protocol are printed at the end of the run.
 """
@@ -28,6 +33,8 @@ from pathlib import Path
 
 import pytest
 
+from atomicwrite import CheckpointStore, verify_directory
+from atomicwrite._directory import MANIFEST_NAME
 from tests.crashsim import writers
 from tests.crashsim.model import crash_point, final_state, scan
 from tests.crashsim.replay import Expectation, Exploration, explore
@@ -42,6 +49,25 @@ from tests.crashsim.trace import (
     Unlink,
     Write,
     record,
+)
+from tests.crashsim.tree import (
+    MakeDir,
+    MakeFile,
+    MakeSymlink,
+    Move,
+    Remove,
+    SyncDir,
+    SyncFile,
+    TreeExploration,
+    TreeRecording,
+    explore_tree,
+    final_tree,
+    project_tree,
+    record_tree,
+    scan_tree,
+    subtree,
+    tree_point,
+    visible,
 )
 from tests.test_syscalls import _strace
 
@@ -171,3 +197,143 @@ def test_model_file_fsync_does_not_make_its_name_durable() -> None:
 def test_model_crash_before_anything_is_the_initial_state() -> None:
     recording = _recording(Create(1, 0o640, ".tmp"), Rename(".tmp", TARGET, 1))
     assert crash_point(recording, 0).states == {((TARGET, b"old", 0o640),)}
+
+
+# ----- directory trees: atomic_directory and CheckpointStore -------------------------------------
+
+
+def _generation_of(directory: Path) -> str:
+    """Which saved generation a verified directory holds: "old" (the first), "new", or neither."""
+    files = {}
+    for parent, _, names in os.walk(directory):
+        for name in names:
+            relative = os.path.relpath(os.path.join(parent, name), directory).replace(os.sep, "/")
+            if relative != MANIFEST_NAME:
+                files[relative] = Path(parent, name).read_bytes()
+    if files == writers.GENERATIONS[0]:
+        return "old"
+    if files == writers.GENERATIONS[1]:
+        return "new"
+    return f"a verified mix of generations: {sorted(files)}"
+
+
+def _read_published(scratch: Path) -> str:
+    target = scratch / "target"
+    if not os.path.lexists(target):
+        return "missing"
+    check = verify_directory(target)
+    if not check.ok:
+        return "unverified: " + ", ".join(sorted({problem.kind for problem in check.problems}))
+    return _generation_of(target)
+
+
+def _read_latest(scratch: Path) -> str:
+    latest = CheckpointStore(scratch).latest()
+    return "missing" if latest is None else _generation_of(Path(latest.location))
+
+
+def _explore_tree(
+    tmp_path: Path, protocol: str, label: str, *, store: bool = False
+) -> tuple[TreeRecording, TreeExploration]:
+    _strace()
+    directory = tmp_path / "work"
+    directory.mkdir()
+    try:
+        recording = record_tree(directory, protocol)
+    except StraceUnavailable as exc:
+        if os.environ.get("ATOMICWRITE_REQUIRE_STRACE") == "1":
+            pytest.fail(f"{exc}; ATOMICWRITE_REQUIRE_STRACE=1 requires it")
+        pytest.skip(str(exc))
+    project = visible if store else subtree("target")
+    # The recorder's self-check, as for single files: all operations on disk is the real tree.
+    real = scan_tree(str(directory))
+    assert real is not None
+    assert final_tree(recording, project) == project_tree(real, project), recording.listing()
+    assert recording.marks[writers.RETURNED] == len(recording.ops), recording.listing()
+    reader = _read_latest if store else _read_published
+    result = explore_tree(recording, project, reader, label, tmp_path / "replay")
+    from tests.crashsim import report
+
+    report.add(result.summary())
+    return recording, result
+
+
+@linux_only
+def test_atomic_directory_crash_states(tmp_path: Path) -> None:
+    """Create, then replace, a directory of files in a subdirectory: every crash state reads as
+    no target (only before the first publish returned), or a verified old or new generation."""
+    recording, result = _explore_tree(tmp_path, "atomicwrite-directory", "atomic_directory create + replace")
+    moves = [op for op in recording.ops if isinstance(op, Move)]
+    assert [(move.noreplace, move.exchange) for move in moves] == [(True, False), (False, True)], recording.listing()
+    assert any(isinstance(op, Remove) and op.directory for op in recording.ops), recording.listing()
+    assert result.failed == set(), result.explain()
+    assert result.crash_points == len(recording.ops) + 1
+    assert result.materialized >= 3  # nothing, old and new were all replayed
+
+
+@linux_only
+def test_checkpoint_store_crash_states(tmp_path: Path) -> None:
+    """Two saves: ``latest()`` always returns a complete saved generation (none only before the
+    first save returned, the second after the second returned)."""
+    recording, result = _explore_tree(tmp_path, "atomicwrite-checkpoints", "CheckpointStore two saves", store=True)
+    links = [op for op in recording.ops if isinstance(op, MakeSymlink)]
+    assert [link.points_to for link in links] == ["gen-00000001", "gen-00000002"], recording.listing()
+    assert result.failed == set(), result.explain()
+
+
+@linux_only
+@pytest.mark.parametrize(
+    ("protocol", "fails", "seen"),
+    [
+        # The files are never flushed: the rename lands before their data, even after return.
+        ("directory-without-fsync", {"a", "b"}, ("unverified",)),
+        # The old tree is removed before the new one is renamed in: no target, or a torn one.
+        ("directory-remove-then-rename", {"a"}, ("missing", "unverified")),
+    ],
+)
+def test_explorer_flags_bad_directory_protocols(
+    tmp_path: Path, protocol: str, fails: set[str], seen: tuple[str, ...]
+) -> None:
+    _, result = _explore_tree(tmp_path, protocol, f"plain {protocol}")
+    assert result.failed == fails, result.explain()
+    for kind in seen:
+        assert any(text.startswith(kind) for text in result.seen), (kind, sorted(result.seen), result.explain())
+
+
+def _tree(*ops: object) -> TreeRecording:
+    return TreeRecording("/nowhere", list(ops), {})  # type: ignore[arg-type]
+
+
+def _names(recording: TreeRecording, k: int) -> set[object]:
+    """The states of the name "t", unwrapped from the traced directory."""
+    return {dict(state[1]).get("t") for state in tree_point(recording, k, subtree("t")).states}  # type: ignore[call-overload]
+
+
+def test_tree_model_exchange_is_all_or_nothing_until_the_parent_is_flushed() -> None:
+    old = ("dir", (("f", ("file", b"old")),))
+    new = ("dir", (("f", ("file", b"new")),))
+    ops = [
+        MakeDir(0, "t", 1), MakeFile(1, "f", 2), Write(2, 0, b"old"), SyncFile(2), SyncDir(1), SyncDir(0),
+        MakeDir(0, ".s", 3), MakeFile(3, "f", 4), Write(4, 0, b"new"), SyncFile(4), SyncDir(3),
+        Move(0, ".s", "t", 3, 1, exchange=True),
+    ]  # fmt: skip
+    assert _names(_tree(*ops), 6) == {old}
+    assert _names(_tree(*ops), 12) == {old, new}
+    assert _names(_tree(*ops, SyncDir(0)), 13) == {new}
+
+
+def test_tree_model_a_subdirectory_entry_needs_its_own_directory_flushed() -> None:
+    ops = [
+        MakeDir(0, "t", 1),
+        MakeDir(1, "d", 2),
+        MakeFile(2, "f", 3),
+        Write(3, 0, b"x"),
+        SyncFile(3),
+        SyncDir(1),
+        SyncDir(0),
+    ]
+    states = _names(_tree(*ops), 7)
+    empty_sub = ("dir", (("d", ("dir", ())),))
+    full = ("dir", (("d", ("dir", (("f", ("file", b"x")),))),))
+    assert states == {empty_sub, full}  # fsync of t covers d's name, not d's entries
+    assert _names(_tree(*ops, SyncDir(2)), 8) == {full}

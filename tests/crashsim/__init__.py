@@ -4,6 +4,7 @@ A writer runs once under ``strace -f -y``; :mod:`.trace` turns its system calls 
 file-system operations, :mod:`.model` enumerates every state a power loss could leave on disk
 after every prefix of those operations (un-fsynced writes and renames reach the disk in any
 order), and :mod:`.replay` materializes each distinct state in a scratch directory and judges it
-with the oracles.  :mod:`.writers` holds the traced writers (ours, and known-bad protocols in plain
+with the oracles.  :mod:`.tree` does the same for a tree of directories (``atomic_directory``,
+``CheckpointStore``).  :mod:`.writers` holds the traced writers (ours, and known-bad protocols in plain
 ``os`` calls); :mod:`.report` prints the counts at the end of the pytest run.
 """

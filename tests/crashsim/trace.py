@@ -7,7 +7,9 @@ of each ``write`` come out of the trace itself (``-xx -s`` large: every string i
 
 Anything the model does not understand (a subdirectory, ``RENAME_EXCHANGE``, ``fallocate``, a
 second process, an interrupted call...) raises :class:`Unmodeled` rather than being skipped: a
-recorder that silently drops an operation would make every protocol look safe.
+recorder that silently drops an operation would make every protocol look safe.  Trees of
+directories (subdirectories, ``RENAME_EXCHANGE``, symlinks, removal of a tree) are recorded by
+:mod:`.tree`, which reuses this module's parsing.
 """
 
 from __future__ import annotations

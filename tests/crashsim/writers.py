@@ -29,6 +29,20 @@ OLD_MODE = 0o640  # the mode of the existing target
 UMASK = 0o022  # set by the writer, so a new file's mode is known: 0o666 & ~UMASK
 BEGIN = "crashsim-begin"
 RETURNED = "crashsim-returned"
+PUBLISHED = "crashsim-published"  # tree writers: between the first publish and the second
+
+# The two generations the directory writers publish, one after the other: the first creates the
+# target, the second replaces it (a changed file of the same size, a grown one, a new one in a
+# subdirectory, so neither sizes nor names alone tell them apart).
+GENERATIONS: tuple[dict[str, bytes], ...] = (
+    {"model.bin": payload(2, 1, 3_000), "config.json": b'{"step": 1}', "shards/part-0.bin": payload(2, 2, 700)},
+    {
+        "model.bin": payload(3, 1, 3_000),
+        "config.json": b'{"step": 2, "lr": 0.1}',
+        "shards/part-0.bin": payload(3, 2, 900),
+        "shards/part-1.bin": payload(3, 3, 500),
+    },
+)
 
 
 def chunks(data: bytes = NEW, count: int = CHUNKS) -> list[bytes]:
@@ -120,7 +134,122 @@ def plain_correct(target: str) -> None:
     _fsync_dir(os.path.dirname(target))
 
 
+# ----- directory writers (the traced directory is the target's parent, or the store's root) ----
+
+
+def _fill(stage: str, files: dict[str, bytes]) -> None:
+    """Write the files into a staging directory with plain calls, one write(2) each."""
+    for relative, data in sorted(files.items()):
+        path = os.path.join(stage, *relative.split("/"))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+
+
+def _markers(target: str) -> str:
+    return os.path.dirname(os.path.dirname(target))
+
+
+def atomicwrite_directory(target: str) -> None:
+    """atomic_directory twice: create the target, then replace it."""
+    from atomicwrite import atomic_directory
+
+    for number, files in enumerate(GENERATIONS):
+        with atomic_directory(target) as stage:
+            _fill(os.fspath(stage), files)
+        if number == 0:
+            _mark(_markers(target), PUBLISHED)
+
+
+def atomicwrite_checkpoints(target: str) -> None:
+    """Two saves of a CheckpointStore rooted at the traced directory (``latest`` moves twice)."""
+    from atomicwrite import CheckpointStore
+
+    store = CheckpointStore(os.path.dirname(target))
+    for number, files in enumerate(GENERATIONS):
+        with store.save() as stage:
+            _fill(os.fspath(stage), files)
+        if number == 0:
+            _mark(_markers(target), PUBLISHED)
+
+
+def _plain_stage(target: str, files: dict[str, bytes], *, flush: bool) -> str:
+    """A staging directory with a manifest, in plain calls; every file and directory flushed
+    only if ``flush``."""
+    import hashlib
+    import time
+    import uuid
+
+    from atomicwrite import DirectoryManifest, FileEntry
+    from atomicwrite._directory import MANIFEST_NAME
+
+    parent, name = os.path.split(target)
+    stage = os.path.join(parent, f".{name}.plain.stage")
+    os.mkdir(stage)
+    _fill(stage, files)
+    entries = tuple(FileEntry(rel, len(data), hashlib.sha256(data).hexdigest()) for rel, data in sorted(files.items()))
+    manifest = DirectoryManifest(generation=uuid.uuid4().hex, files=entries, created=time.time())
+    fd = os.open(os.path.join(stage, MANIFEST_NAME), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, manifest.to_json())
+    finally:
+        os.close(fd)
+    if flush:
+        for rel in [*sorted(files), MANIFEST_NAME]:
+            fd = os.open(os.path.join(stage, *rel.split("/")), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        for directory in sorted({os.path.dirname(rel) for rel in files}, reverse=True):
+            _fsync_dir(os.path.join(stage, *directory.split("/")) if directory else stage)
+    return stage
+
+
+def directory_without_fsync(target: str) -> None:
+    """Known bad: stage, park the old tree, rename the stage in, flush the parent -- but the
+    files and the staging directory are never flushed."""
+    import shutil
+
+    for number, files in enumerate(GENERATIONS):
+        stage = _plain_stage(target, files, flush=False)
+        parked = None
+        if os.path.exists(target):
+            parked = target + ".old"
+            os.rename(target, parked)
+        os.rename(stage, target)
+        _fsync_dir(os.path.dirname(target))
+        if parked is not None:
+            shutil.rmtree(parked)
+        if number == 0:
+            _mark(_markers(target), PUBLISHED)
+
+
+def directory_remove_then_rename(target: str) -> None:
+    """Known bad: everything flushed, but the old tree is removed before the new one is renamed
+    in (a crash in between leaves no target, or a half-removed one)."""
+    import shutil
+
+    for number, files in enumerate(GENERATIONS):
+        stage = _plain_stage(target, files, flush=True)
+        if os.path.exists(target):
+            shutil.rmtree(target)
+        os.rename(stage, target)
+        _fsync_dir(os.path.dirname(target))
+        if number == 0:
+            _mark(_markers(target), PUBLISHED)
+
+
 PROTOCOLS: dict[str, Callable[..., None]] = {
+    "atomicwrite-directory": atomicwrite_directory,
+    "atomicwrite-checkpoints": atomicwrite_checkpoints,
+    "directory-without-fsync": directory_without_fsync,
+    "directory-remove-then-rename": directory_remove_then_rename,
     "atomicwrite": atomicwrite_writer,
     "atomicwrite-link-fallback": atomicwrite_link_fallback,
     "in-place": in_place,
