@@ -49,7 +49,7 @@ from ._errors import (
     UsageError,
     os_error,
 )
-from ._local import FRESH_TEMP_GRACE, host_tag, parse_staging_name, parse_temp_name, temp_name
+from ._local import FRESH_TEMP_GRACE, flush_to_disk, host_tag, parse_staging_name, parse_temp_name, temp_name
 from ._strategy import Strategy, WriteOptions, resolve_target
 
 __all__ = [
@@ -370,7 +370,7 @@ class _LocalTransaction(DirectoryTransaction):
 
     def _sync(self, fd: int) -> None:
         if self._durable:
-            os.fsync(fd)
+            flush_to_disk(fd)
 
     def _walk(self) -> dict[str, int]:
         """Every staged file and its size; refuses what a manifest cannot vouch for."""
@@ -440,7 +440,7 @@ class _LocalTransaction(DirectoryTransaction):
                 # cheap once its pages are clean, and covers writers that did not.
                 fd = self._open_staged(name)
                 try:
-                    os.fsync(fd)
+                    flush_to_disk(fd)
                 finally:
                     os.close(fd)
             files.append(entry)
@@ -740,7 +740,7 @@ def describe_files(
                 st = os.fstat(fd)
                 if stat.S_ISDIR(st.st_mode):
                     continue  # a name used as a directory (``stage / "shards"``), not a file
-                os.fsync(fd)
+                flush_to_disk(fd)
                 entries.append(FileEntry(clean, st.st_size, _digest_fd(fd) if checksums else None))
             finally:
                 os.close(fd)

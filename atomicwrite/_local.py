@@ -101,6 +101,22 @@ def parse_staging_name(entry: str) -> tuple[str, int, str] | None:
     return match.group("host"), int(match.group("pid")), match.group("kind")
 
 
+def flush_to_disk(fd: int) -> None:
+    """Flush a file or directory to stable storage: what every durable step of every local
+    protocol (files, directories, links) calls, so that none is weaker than the others."""
+    if sys.platform == "darwin":
+        import fcntl
+
+        # macOS fsync only reaches the drive's cache; F_FULLFSYNC asks the drive to flush it.
+        # Some file systems (network, FAT) refuse it: then plain fsync is the best there is.
+        try:
+            fcntl.fcntl(fd, fcntl.F_FULLFSYNC)
+            return
+        except OSError:
+            pass
+    os.fsync(fd)
+
+
 def replace_symlink(directory: str, name: str, points_to: str, *, durable: bool = True) -> None:
     """Make ``directory/name`` a symlink to ``points_to`` with no moment where it is missing.
 
@@ -126,7 +142,7 @@ def replace_symlink(directory: str, name: str, points_to: str, *, durable: bool 
                 os.unlink(temp, dir_fd=dir_fd)
             raise
         if durable:
-            os.fsync(dir_fd)
+            flush_to_disk(dir_fd)
     finally:
         os.close(dir_fd)
 

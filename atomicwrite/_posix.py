@@ -34,7 +34,7 @@ from ._errors import (
     TargetExistsError,
     os_error,
 )
-from ._local import FRESH_TEMP_GRACE, LocalStrategy, TempFileStream, require_version, temp_name
+from ._local import FRESH_TEMP_GRACE, LocalStrategy, TempFileStream, flush_to_disk, require_version, temp_name
 from ._result import CommitResult, Durability, LocalVersion
 from ._strategy import PendingWrite, WriteOptions
 
@@ -110,17 +110,8 @@ def _load_rename_exclusive() -> tuple[Callable[[int, bytes, int, bytes, int], in
     return (_rename_exclusive, flag) if callable(_rename_exclusive) else (None, 0)
 
 
-def _sync(fd: int) -> None:
-    """Flush a file or directory to stable storage."""
-    if sys.platform == "darwin":
-        # macOS fsync only reaches the drive's cache; F_FULLFSYNC asks the drive to flush it.
-        # Some file systems (network, FAT) refuse it: then plain fsync is the best there is.
-        try:
-            fcntl.fcntl(fd, fcntl.F_FULLFSYNC)
-            return
-        except OSError:
-            pass
-    os.fsync(fd)
+# Every flush goes through one function; tests replace _sync here to fail or count them.
+_sync = flush_to_disk
 
 
 class PosixPendingWrite(PendingWrite):

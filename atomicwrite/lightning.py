@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from . import torch as _awt
 from ._api import atomic_open
 from ._errors import UsageError
-from ._local import replace_symlink
+from ._local import flush_to_disk, replace_symlink
 from ._result import Durability
 
 if TYPE_CHECKING:
@@ -116,7 +116,7 @@ def _fsync_directory(directory: str) -> None:
     try:
         # Some file systems (CIFS, vboxsf) refuse a directory fsync; the link is in place anyway.
         with contextlib.suppress(OSError):
-            os.fsync(fd)
+            flush_to_disk(fd)
     finally:
         os.close(fd)
 

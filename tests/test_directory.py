@@ -704,3 +704,61 @@ def test_each_process_describes_the_files_it_declared(place: Place) -> None:
     finally:
         transaction.discard()
     assert place.siblings() == []
+
+
+# --- one flush for every protocol -----------------------------------------------------------
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="F_FULLFSYNC and flock are POSIX")
+def test_directories_and_links_flush_like_files_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On macOS a plain fsync stops at the drive's cache: every durable step of the directory
+    protocol and of the ``latest`` link must ask for F_FULLFSYNC, as single files do."""
+    import fcntl
+
+    full_flushes: list[int] = []
+    real_fcntl = fcntl.fcntl
+
+    def recording_fcntl(fd: int, command: int, *args: Any) -> Any:
+        if command == FULLFSYNC:
+            full_flushes.append(fd)
+            return 0
+        return real_fcntl(fd, command, *args)
+
+    def bare_fsync(fd: int) -> None:
+        raise AssertionError("a plain fsync where F_FULLFSYNC was due")
+
+    FULLFSYNC = 51  # macOS's value; Linux has none
+    monkeypatch.setattr(fcntl, "F_FULLFSYNC", FULLFSYNC, raising=False)
+    monkeypatch.setattr(fcntl, "fcntl", recording_fcntl)
+    monkeypatch.setattr(os, "fsync", bare_fsync)
+    monkeypatch.setattr(sys, "platform", "darwin")
+    store = CheckpointStore(tmp_path / "run")
+    for step in (1, 2):
+        with store.save(step) as stage:
+            Path(stage / "weights.bin").write_bytes(bytes([step]) * 64)
+    monkeypatch.undo()
+    # Per save: the file, the staging directory, the parent after publishing, the root after
+    # the link swap, at the least.
+    assert len(full_flushes) >= 8
+    latest = store.latest()
+    assert latest is not None
+    assert Path(latest / "weights.bin").read_bytes() == bytes([2]) * 64
+
+
+def test_flush_falls_back_to_fsync_where_full_flush_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    fcntl = pytest.importorskip("fcntl")
+    from atomicwrite._local import flush_to_disk
+
+    calls: list[str] = []
+
+    def refusing_fcntl(fd: int, command: int, *args: Any) -> Any:
+        calls.append("fcntl")
+        raise OSError(25, "Inappropriate ioctl for device")
+
+    monkeypatch.setattr(fcntl, "F_FULLFSYNC", 51, raising=False)
+    monkeypatch.setattr(fcntl, "fcntl", refusing_fcntl)
+    monkeypatch.setattr(os, "fsync", lambda fd: calls.append("fsync"))
+    monkeypatch.setattr(sys, "platform", "darwin")
+    flush_to_disk(0)
+    monkeypatch.undo()
+    assert calls == ["fcntl", "fsync"]
