@@ -10,22 +10,20 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import Any, Literal, overload
 
 from ._api import AtomicBinaryFile, AtomicTextFile, BinaryMode, Target, TextMode, _discard_after, atomic_open
 from ._errors import AtomicWriteError, DurabilityError, UsageError
 from ._result import CommitResult, Durability
 from ._strategy import PendingWrite
 
-if TYPE_CHECKING:
-    from concurrent.futures import Future, ThreadPoolExecutor
-
 __all__ = ["AtomicBatch", "BatchError", "atomic_batch"]
 
-# Files flushed at once in the background: enough for the file system to commit several
-# flushes together, few enough to bound the descriptors held (two per file in flight).
-_STAGING_THREADS = 4
-_IN_FLIGHT = 8
+# Finished files whose flush waits for more to come: their writeback starts as each one closes,
+# and they are flushed together once this many are waiting (or the batch ends).  Enough for the
+# file system to commit their data together, few enough to bound the descriptors held (two per
+# waiting file).
+_WINDOW = 32
 
 
 class BatchError(AtomicWriteError):
@@ -62,57 +60,35 @@ class AtomicBatch:
         self._files: list[AtomicBinaryFile | AtomicTextFile] = []
         self._results: list[CommitResult] = []
         self._state: Literal["open", "committed", "discarded"] = "open"
-        self._executor: ThreadPoolExecutor | None = None
-        # Staging (fsync, name, close) in flight, oldest first.
-        self._staging: dict[PendingWrite, Future[None]] = {}
+        # Finished files not yet flushed, oldest first.
+        self._waiting: list[PendingWrite] = []
 
     def _stage(self, pending: PendingWrite) -> None:
-        """Flush a finished file in the background while the caller writes the next one.
+        """Take a finished file: prepare it now (its writeback starts), flush it with the next ones.
 
-        Each fsync still covers exactly its own file; running them on other threads overlaps
-        them with the caller's writing, and lets the file system commit concurrent ones
-        together.  At most ``_IN_FLIGHT`` files (and their descriptors) are staged at once.
+        Flushing right away would cost a journal commit per file.  Started early and flushed in
+        a row, the files' data is mostly on its way when the first flush runs, and that flush
+        commits the journal for the flushes after it.  Each fsync still covers its own file.
         """
         if not pending.can_stage:
             return
         # Closed here, so a write after the file's with block fails instead of being lost.
         pending.stream.close()
-        if self._executor is None:
-            from concurrent.futures import ThreadPoolExecutor
+        pending.begin_stage()
+        self._waiting.append(pending)
+        if len(self._waiting) >= _WINDOW:
+            self._stage_waiting()
 
-            self._executor = ThreadPoolExecutor(_STAGING_THREADS, thread_name_prefix="atomicwrite-batch")
-        while len(self._staging) >= _IN_FLIGHT:
-            oldest, future = next(iter(self._staging.items()))
-            try:
-                future.result()
-            finally:
-                # Kept while still running (an interrupted wait): discard() must wait for it.
-                if future.done():
-                    del self._staging[oldest]
-        self._staging[pending] = self._executor.submit(pending.stage)
+    def _stage_waiting(self) -> None:
+        """Flush (and name) every waiting file, in the order they finished."""
+        while self._waiting:
+            # Taken off first: a file whose staging fails has discarded itself.
+            self._waiting.pop(0).stage()
 
     def _settle(self, pending: PendingWrite) -> None:
-        """Wait for the staging of ``pending`` (if any) to end, whatever its outcome."""
-        future = self._staging.get(pending)
-        if future is not None:
-            from concurrent.futures import wait
-
-            wait([future])
-            del self._staging[pending]
-
-    def _settle_all(self) -> BaseException | None:
-        """Wait for every staging in flight; return the first error among them."""
-        first: BaseException | None = None
-        while self._staging:
-            pending, future = next(iter(self._staging.items()))
-            error = future.exception()
-            del self._staging[pending]
-            if first is None:
-                first = error
-        if self._executor is not None:
-            self._executor.shutdown()
-            self._executor = None
-        return first
+        """Forget ``pending`` (being discarded by its file) if it is still waiting."""
+        if pending in self._waiting:
+            self._waiting.remove(pending)
 
     @property
     def results(self) -> list[CommitResult]:
@@ -132,8 +108,9 @@ class AtomicBatch:
         """Open ``target`` as [`atomic_open`][atomicwrite.atomic_open] does (same modes and options,
         the batch's as defaults); the file is published when the batch ends, not before.
 
-        Leaving the file's own ``with`` block flushes it to storage and closes it; an exception
-        there discards that file and, as it leaves the batch's block, the whole batch.
+        Leaving the file's own ``with`` block closes it and hands it to the batch, which flushes it
+        to storage before anything is published; an exception there discards that file and, as it
+        leaves the batch's block, the whole batch.
         """
         if self._state != "open":
             raise UsageError(f"this batch is {self._state}; open files in a new atomic_batch()")
@@ -165,9 +142,7 @@ class AtomicBatch:
             # step 2 can only publish complete files.
             for file in live:
                 file._stage()
-            error = self._settle_all()
-            if error is not None:
-                raise error
+            self._stage_waiting()
         except BaseException:
             self.discard()
             raise
@@ -242,7 +217,7 @@ class AtomicBatch:
         if self._state != "open":
             return
         self._state = "discarded"
-        self._settle_all()
+        self._waiting.clear()
         errors: list[BaseException] = []
         for file in self._files:
             try:

@@ -34,7 +34,15 @@ from ._errors import (
     TargetExistsError,
     os_error,
 )
-from ._local import FRESH_TEMP_GRACE, LocalStrategy, TempFileStream, flush_to_disk, require_version, temp_name
+from ._local import (
+    FRESH_TEMP_GRACE,
+    LocalStrategy,
+    TempFileStream,
+    flush_to_disk,
+    require_version,
+    start_writeback,
+    temp_name,
+)
 from ._result import CommitResult, Durability, LocalVersion
 from ._strategy import PendingWrite, WriteOptions
 
@@ -141,6 +149,9 @@ class PosixPendingWrite(PendingWrite):
         self._stream = TempFileStream(fd, location, options.progress)
         self._done = False
         self._version: LocalVersion | None = None
+        # A staged write closes its directory until it publishes (a batch may stage thousands of
+        # files); this (device, inode) makes sure it reopens the same directory, not a swapped one.
+        self._directory_identity: tuple[int, int] | None = None
 
     @property
     def stream(self) -> io.RawIOBase:
@@ -220,7 +231,9 @@ class PosixPendingWrite(PendingWrite):
 
     def flush_directory(self) -> bool:
         dir_fd = self._dir_fd
-        assert dir_fd is not None
+        reopened = dir_fd is None
+        if dir_fd is None:
+            dir_fd = self._reopen_directory("flushing the directory")
         try:
             # The rename lives in the directory; until the directory is flushed a power loss can
             # bring back the old name (or, for a new file, no name at all).
@@ -229,7 +242,26 @@ class PosixPendingWrite(PendingWrite):
             if exc.errno not in _NO_DIR_FSYNC:
                 raise os_error(exc, self._location, "flushing the directory") from exc
             return False
+        finally:
+            if reopened:
+                os.close(dir_fd)
         return True
+
+    def _reopen_directory(self, step: str) -> int:
+        """Open the directory a staged write closed, refusing one that is not the same directory."""
+        assert self._directory_identity is not None
+        try:
+            dir_fd = os.open(os.path.dirname(self._target), os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
+            status = os.fstat(dir_fd)
+        except OSError as exc:
+            raise os_error(exc, self._location, step) from exc
+        if (status.st_dev, status.st_ino) != self._directory_identity:
+            os.close(dir_fd)
+            raise AtomicWriteError(
+                f"cannot write {self._location!r}: its directory was moved or replaced while the write was"
+                f" staged ({step})"
+            )
+        return dir_fd
 
     def _close_directory(self) -> None:
         dir_fd, self._dir_fd = self._dir_fd, None
@@ -284,19 +316,44 @@ class PosixPendingWrite(PendingWrite):
             self._fd = None
             self._stream.close()
             os.close(fd)
+            step = "closing the directory"
+            dir_fd, self._dir_fd = self._dir_fd, None
+            assert dir_fd is not None
+            try:
+                status = os.fstat(dir_fd)
+                self._directory_identity = (status.st_dev, status.st_ino)
+            finally:
+                os.close(dir_fd)
         except BaseException as exc:
             self.discard()
             if isinstance(exc, OSError) and not isinstance(exc, AtomicWriteError):
                 raise os_error(exc, self._location, step) from exc
             raise
 
+    def begin_stage(self) -> None:
+        fd = self._fd
+        assert fd is not None
+        try:
+            if self._temp is None:
+                # Named now rather than in stage(): a directory change between two flushes makes
+                # each of them commit the file system's journal on its own, so the batch keeps
+                # its directory changes out of the run of flushes.
+                self._temp = self._link_tmpfile_to_temp_name(fd)
+        except BaseException as exc:
+            self.discard()
+            if isinstance(exc, OSError) and not isinstance(exc, AtomicWriteError):
+                raise os_error(exc, self._location, "naming the temp file") from exc
+            raise
+        if self._options.durability != "none":
+            start_writeback(fd)
+
     def publish_staged(self) -> str | None:
-        dir_fd, temp = self._dir_fd, self._temp
-        assert dir_fd is not None
+        temp = self._temp
         assert temp is not None
         assert self._fd is None, "stage() first"
         step = "publishing"
         try:
+            self._dir_fd = dir_fd = self._reopen_directory("reopening the directory")
             if self._options.if_match is not None:
                 step = "checking the target's version"
                 self._check_version(dir_fd)
@@ -312,6 +369,7 @@ class PosixPendingWrite(PendingWrite):
                 raise os_error(exc, self._location, step) from exc
             raise
         self._done = True
+        self._close_directory()
         return os.path.dirname(self._target) if self._options.durability == "full" else None
 
     def finish_staged(self, directory_flushed: bool) -> CommitResult:
@@ -376,9 +434,12 @@ class PosixPendingWrite(PendingWrite):
         except OSError:
             pass
         try:
+            if temp is not None and dir_fd is None and self._directory_identity is not None:
+                # A staged write: its temp is named in a directory it closed.
+                dir_fd = self._reopen_directory("removing the temp file")
             if temp is not None and dir_fd is not None:
                 os.unlink(temp, dir_fd=dir_fd)
-        except OSError:
+        except (OSError, AtomicWriteError):
             pass
         finally:
             if dir_fd is not None:

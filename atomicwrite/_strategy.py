@@ -116,6 +116,12 @@ class PendingWrite(ABC):
         """Flush the content to storage without publishing it.  On failure, discard and raise."""
         raise NotImplementedError
 
+    def begin_stage(self) -> None:
+        """Prepare `stage` without waiting, as soon as the content is complete: a batch calls it
+        for each file as it is finished and `stage` later, for several files in a row.  May do
+        nothing; on failure, discard and raise."""
+        return
+
     def publish_staged(self) -> str | None:
         """Publish a staged write; return the directory whose flush is still due (None: none is).
 

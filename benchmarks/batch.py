@@ -1,7 +1,8 @@
 """Group commit: 100 files of 4 KiB in one directory, with atomic_batch, against one commit per file.
 
-Both replace the same 100 existing files at durability full; the batch flushes each file (on
-worker threads, while the next is written), renames all, then flushes the directory once.
+Both replace the same 100 existing files at durability full; the batch starts each file's
+writeback as it closes, flushes the files back to back in groups of 32, renames all, then
+flushes the directory once.
 Twice the default rounds, since one sample is only 100 files.
 """
 
@@ -92,7 +93,7 @@ def run(context: Context) -> list[Row]:
             why_not=(
                 f"on this disk the directory fsync is only {saved:.0%} of a durable replace (plain os calls"
                 f" with and without it), so sharing it can give at most {ceiling:.2f}x here; what the batch"
-                " adds or loses against that is the overlap of the file flushes with the writing"
+                " adds or loses against that is how many file flushes one journal commit serves"
                 if ceiling < 1.7
                 else "see the notes"
             ),

@@ -229,6 +229,71 @@ def test_a_failed_flush_publishes_nothing(tmp_path: Path, monkeypatch: pytest.Mo
     assert batch.results == []
 
 
+def test_a_failed_flush_while_writing_publishes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from atomicwrite import AtomicOSError, _batch, _posix
+
+    # Two files per group: the second group's flush fails while the fifth file closes.
+    monkeypatch.setattr(_batch, "_WINDOW", 2)
+    real_sync = _posix._sync
+    calls = {"n": 0}
+
+    def failing_fourth(fd: int) -> None:
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise OSError(errno.EIO, "Input/output error")
+        real_sync(fd)
+
+    monkeypatch.setattr(_posix, "_sync", failing_fourth)
+    for index in range(6):
+        (tmp_path / f"f{index}").write_bytes(b"old")
+    written = []
+    with pytest.raises(AtomicOSError, match="flushing the temp file"), atomic_batch() as batch:
+        for index in range(6):
+            with batch.open(tmp_path / f"f{index}", "wb") as file:
+                file.write(b"new")
+            written.append(index)
+    assert written == [0, 1, 2]
+    assert _contents(tmp_path) == {f"f{index}": b"old" for index in range(6)}
+    assert batch.results == []
+
+
+@linux_only
+def test_descriptors_held_are_bounded_by_the_group(tmp_path: Path) -> None:
+    from atomicwrite import _batch
+
+    def open_descriptors() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = open_descriptors()
+    most = 0
+    count = 3 * _batch._WINDOW + 5
+    with atomic_batch() as batch:
+        for index in range(count):
+            with batch.open(tmp_path / f"f{index}", "wb") as file:
+                file.write(b"x")
+            most = max(most, open_descriptors() - before)
+    # A waiting file holds its temp and its directory open; no more than one group waits.
+    assert most <= 2 * _batch._WINDOW
+    assert open_descriptors() == before
+    assert len(batch.results) == count
+    assert _contents(tmp_path) == {f"f{index}": b"x" for index in range(count)}
+
+
+def test_a_directory_swapped_during_the_batch_is_refused(tmp_path: Path) -> None:
+    """Staged files close their directory until they publish; the one reopened must be the same."""
+    directory = tmp_path / "data"
+    directory.mkdir()
+    with pytest.raises(BatchError) as caught, atomic_batch() as batch:
+        with batch.open(directory / "a", "wb") as file:
+            file.write(b"new")
+        directory.rename(tmp_path / "moved")
+        directory.mkdir()
+    assert "moved or replaced" in str(caught.value.__cause__)
+    assert caught.value.failed == str(directory / "a")
+    assert list(directory.iterdir()) == []
+    assert batch.results == []
+
+
 def test_is_exported() -> None:
     assert {"atomic_batch", "AtomicBatch", "BatchError"} <= set(atomicwrite.__all__)
     assert isinstance(atomic_batch(), AtomicBatch)
@@ -237,11 +302,7 @@ def test_is_exported() -> None:
 WRITER = textwrap.dedent(
     """
     import sys
-    from atomicwrite import _batch, atomic_batch
-
-    # One staging thread: strace counts calls per thread, so the Nth fsync of that thread is
-    # the Nth file's (the directory's fsync is the main thread's).
-    _batch._STAGING_THREADS = 1
+    from atomicwrite import atomic_batch
 
     directory, count = sys.argv[1], int(sys.argv[2])
     with atomic_batch() as batch:
@@ -281,10 +342,11 @@ def test_flushes_each_file_once_and_the_directory_once(tmp_path: Path) -> None:
     work = tmp_path / "work"
     _prepare(work)
     log = tmp_path / "trace"
-    done = _run(work, "-e", "trace=fsync,fdatasync,rename,renameat,renameat2", "-o", str(log))
+    done = _run(work, "-e", "trace=fsync,fdatasync,sync_file_range,rename,renameat,renameat2", "-o", str(log))
     assert done.returncode == 0, done.stderr
     calls = [line.split("(")[0].split()[-1] for line in log.read_text().splitlines() if "(" in line]
-    assert calls == ["fsync"] * COUNT + ["renameat"] * COUNT + ["fsync"]
+    # Each file's writeback is started as it closes; the flushes come once all are written.
+    assert calls == ["sync_file_range"] * COUNT + ["fsync"] * COUNT + ["renameat"] * COUNT + ["fsync"]
     assert _contents(work) == {f"f{index}": _new(index) for index in range(COUNT)}
 
 
@@ -294,7 +356,7 @@ def test_flushes_each_file_once_and_the_directory_once(tmp_path: Path) -> None:
     [("fsync", n) for n in range(1, COUNT + 1)] + [("renameat", n) for n in range(1, COUNT + 1)],
 )
 def test_sigkill_at_every_flush_and_rename(tmp_path: Path, call: str, nth: int) -> None:
-    """Killed at each file's fsync (its staging thread's Nth) and at each rename.  A kill at
+    """Killed at each file's fsync and at each rename.  A kill at
     the directory's fsync leaves what the finished run leaves, on disk as the process saw it."""
     work = tmp_path / "work"
     _prepare(work)
@@ -316,11 +378,7 @@ def test_sigkill_at_every_flush_and_rename(tmp_path: Path, call: str, nth: int) 
 LOOPING_WRITER = textwrap.dedent(
     """
     import sys
-    from atomicwrite import _batch, atomic_batch
-
-    # One staging thread: strace counts calls per thread, so the Nth fsync of that thread is
-    # the Nth file's (the directory's fsync is the main thread's).
-    _batch._STAGING_THREADS = 1
+    from atomicwrite import atomic_batch
 
     directory, count = sys.argv[1], int(sys.argv[2])
     round = 0
