@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import functools
 import io
+import itertools
 import os
 from collections.abc import Callable, Mapping
 from types import TracebackType
@@ -250,20 +251,24 @@ def _missing_byte_order_mark(encoding: str, errors: str | None) -> bytes:
     return expected[: len(expected) - len(sink.data)]
 
 
+# Every mode atomic_open accepts, in any letter order: (exclusive, binary).
+_MODES = {
+    "".join(letters): (create == "x", kind == "b")
+    for create in "wx"
+    for kind in ("b", "t", "")
+    for letters in itertools.permutations(create + kind)
+}
+
+
 def _parse_mode(mode: str) -> tuple[bool, bool]:
     """``(exclusive, binary)`` for a mode string, or UsageError."""
-    letters = set(mode)
-    if (
-        len(letters) != len(mode)
-        or not letters <= {"w", "x", "b", "t"}
-        or len(letters & {"w", "x"}) != 1
-        or letters >= {"b", "t"}
-    ):
+    parsed = _MODES.get(mode) if isinstance(mode, str) else None
+    if parsed is None:
         raise UsageError(
             f"atomic_open writes whole files: mode must be 'w', 'wb', 'x' or 'xb' (optionally with"
             f" 't'), not {mode!r}; appending and reading are not atomic replacements"
         )
-    return "x" in letters, "b" in letters
+    return parsed
 
 
 def _options(

@@ -32,6 +32,7 @@ from ._errors import (
     AtomicWriteError,
     DurabilityError,
     TargetExistsError,
+    TargetIsADirectoryError,
     os_error,
 )
 from ._local import (
@@ -467,14 +468,16 @@ class PosixStrategy(LocalStrategy):
             raise os_error(exc, path, "reading the symlink") from exc
 
     def begin(self, location: str, options: WriteOptions) -> PosixPendingWrite:
-        target = self.resolve(location, options.follow_symlinks)
-        parent, name = os.path.split(target)
+        target = self.absolute(location)
+        dir_fd, name, old = self._open_directory(target, location)
+        if old is not None and stat.S_ISLNK(old.st_mode) and options.follow_symlinks:
+            # A symlink: the write goes to the file at the end of its chain, in that file's
+            # directory.  (Most targets are not links; they cost no readlink.)
+            os.close(dir_fd)
+            target = self.resolve(location, follow_symlinks=True)
+            dir_fd, name, old = self._open_directory(target, location)
         try:
-            dir_fd = os.open(parent, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
-        except OSError as exc:
-            raise os_error(exc, location, "opening the target's directory") from exc
-        try:
-            old = self._existing(dir_fd, name, location, options)
+            self.vet_existing(old, location, options)
             fd, temp = self._create_temp(dir_fd, name, location)
             try:
                 self._set_owner_and_mode(fd, old, options)
@@ -503,14 +506,22 @@ class PosixStrategy(LocalStrategy):
             strategy_name=self.name,
         )
 
-    def _existing(self, dir_fd: int, name: str, location: str, options: WriteOptions) -> os.stat_result | None:
-        """The current target's status (None if absent), refusing what must not be replaced."""
+    def _open_directory(self, target: str, location: str) -> tuple[int, str, os.stat_result | None]:
+        """Open the directory of ``target``: ``(dir_fd, name, status of the name or None)``."""
+        parent, name = os.path.split(target)
+        if name in ("", ".", ".."):
+            raise TargetIsADirectoryError(errno.EISDIR, f"cannot write {location!r}: it names a directory", location)
         try:
-            old = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            dir_fd = os.open(parent, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
+        except OSError as exc:
+            raise os_error(exc, location, "opening the target's directory") from exc
+        try:
+            return dir_fd, name, os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError:
-            old = None
-        self.vet_existing(old, location, options)
-        return old
+            return dir_fd, name, None
+        except OSError as exc:
+            os.close(dir_fd)
+            raise os_error(exc, location, "reading the target's status") from exc
 
     def _create_temp(self, dir_fd: int, name: str, location: str) -> tuple[int, str | None]:
         """Open a new temp file in the directory: ``(fd, name)``, name None for O_TMPFILE."""

@@ -19,8 +19,8 @@ class Record:
     _fields: ClassVar[tuple[str, ...]] = ()
 
     def _set(self, **values: Any) -> None:
-        for name, value in values.items():
-            object.__setattr__(self, name, value)
+        # Straight into the instance dict: __setattr__ refuses, and this runs on every write.
+        self.__dict__.update(values)
 
     def _values(self) -> tuple[Any, ...]:
         return tuple(getattr(self, name) for name in self._fields)
