@@ -63,8 +63,12 @@ def run(context: Context) -> list[Row]:
         os.sync()
         return probe(PROBE, name, str(directory / f"{name}.ckpt"), str(size), str(min(TENSOR, size)))
 
+    # A save's time swings by up to 2x from one process to the next here (the page cache and
+    # writeback of 1 GiB): a warm-up round and the default rounds, so the medians hold.
     samples = alternate_many(
-        1 if context.quick else 5, {name: (lambda name=name: contender(name)) for name in contenders}, warmup=False
+        1 if context.quick else context.rounds,
+        {name: (lambda name=name: contender(name)) for name in contenders},
+        warmup=not context.quick,
     )
     label = f"torch {size // MiB} MiB state dict"
     seconds = {name: [sample["seconds"] for sample in runs] for name, runs in samples.items()}
