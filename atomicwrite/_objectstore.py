@@ -123,7 +123,7 @@ class ObjectStorePendingWrite(PendingWrite):
         self._marker = marker
         self._marker_written = False
         self._stream = _PartStream(self)
-        self._buffer = bytearray()
+        self._part = io.BytesIO()
         self._digest = hashlib.sha256()
         self._size = 0
         self._parts_sent = 0
@@ -149,14 +149,15 @@ class ObjectStorePendingWrite(PendingWrite):
         part_size = self._backend.part_size
         offset = 0
         while offset < len(view):
-            room = part_size - len(self._buffer)
-            self._buffer += view[offset : offset + room]
+            room = part_size - self._part.tell()
+            self._part.write(view[offset : offset + room])
             offset += room
-            if len(self._buffer) >= part_size:
-                # Copied out and cleared before waiting for a slot, so that no more than
+            if self._part.tell() >= part_size:
+                # Handed over, not copied: getvalue() gives the part's own buffer.  A new one
+                # takes the next bytes before waiting for a slot, so no more than
                 # parallel_parts + 1 parts are ever held.
-                part = bytes(self._buffer)
-                self._buffer.clear()
+                part = self._part.getvalue()
+                self._part = io.BytesIO()
                 try:
                     self._ship(part)
                 except BaseException as exc:
@@ -203,18 +204,20 @@ class ObjectStorePendingWrite(PendingWrite):
         options = self._options
         try:
             if not self._started:
-                version = self._backend.put(bytes(self._buffer), exclusive=options.exclusive, if_match=options.if_match)
+                version = self._backend.put(
+                    self._part.getvalue(), exclusive=options.exclusive, if_match=options.if_match
+                )
             else:
                 while self._inflight:
                     self._inflight[0].result()
                     self._inflight.popleft()
                 version = self._backend.complete(
-                    bytes(self._buffer), exclusive=options.exclusive, if_match=options.if_match
+                    self._part.getvalue(), exclusive=options.exclusive, if_match=options.if_match
                 )
         except BaseException as exc:
             self._fail(exc)
         # Published: from here on nothing may fail the commit or undo the cleanup.
-        tail = len(self._buffer)
+        tail = self._part.tell()
         self._done = True
         self._cleanup()
         if options.progress is not None and tail:
@@ -276,7 +279,7 @@ class ObjectStorePendingWrite(PendingWrite):
             self._cleanup()
 
     def _cleanup(self) -> None:
-        self._buffer = bytearray()
+        self._part = io.BytesIO()
         # Closed, so that a write after the commit or discard fails instead of vanishing.
         self._stream.close()
         if self._pool is not None:

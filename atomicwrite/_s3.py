@@ -9,6 +9,7 @@ publishing request itself: an exists-check before writing would not be exclusive
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,24 @@ __all__ = ["S3Backend", "S3Strategy"]
 # S3 accepts parts of 5 MiB to 5 GiB (the last may be smaller) and at most 10,000 of them.
 MIN_PART = 5 * MiB
 MAX_PARTS = 10_000
+
+
+class _Body(io.BytesIO):
+    """A request body that reads ``data`` in place.
+
+    botocore turns a bytes body into ``BytesIO(data)``, which shares the bytes until someone asks
+    for a writable buffer; aiohttp does (``getbuffer()``, to size the payload), and BytesIO then
+    copies the whole part.  With up to ``parallel_parts`` parts in flight that doubled their
+    memory.  Here ``getbuffer()`` is a read-only view of ``data``: a caller that tried to write
+    through it would fail, never corrupt the part.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self._data = data
+
+    def getbuffer(self) -> memoryview:
+        return memoryview(self._data)
 
 
 def _precondition_failed(exc: BaseException) -> bool:
@@ -80,7 +99,11 @@ class S3Backend(ObjectStoreBackend):
 
     def put(self, data: bytes, *, exclusive: bool, if_match: object | None) -> object:
         response = self._conditional(
-            "put_object", if_match, Body=data, ChecksumAlgorithm="SHA256", **self._conditions(exclusive, if_match)
+            "put_object",
+            if_match,
+            Body=_Body(data),
+            ChecksumAlgorithm="SHA256",
+            **self._conditions(exclusive, if_match),
         )
         return response["ETag"]
 
@@ -110,7 +133,7 @@ class S3Backend(ObjectStoreBackend):
         # ChecksumAlgorithm: S3 checks each part's SHA-256 on arrival, so a corrupted part fails
         # its upload instead of becoming part of the object.
         response = self._call(
-            "upload_part", UploadId=self._upload_id, PartNumber=number, Body=data, ChecksumAlgorithm="SHA256"
+            "upload_part", UploadId=self._upload_id, PartNumber=number, Body=_Body(data), ChecksumAlgorithm="SHA256"
         )
         self._parts[number] = {
             "PartNumber": number,

@@ -76,27 +76,6 @@ fs.rm(path)
 """
 
 
-# One part sent through s3fs's client alone: how much memory the HTTP stack adds per part.
-CLIENT_COPY_PROBE = r"""
-import os, sys
-
-endpoint, size = sys.argv[1], int(sys.argv[2])
-import s3fs
-
-fs = s3fs.S3FileSystem(
-    key="bench-key", secret="bench-secret", client_kwargs={"endpoint_url": endpoint, "region_name": "us-east-1"}
-)
-if not fs.exists("@BUCKET@"):
-    fs.call_s3("create_bucket", Bucket="@BUCKET@")
-upload = fs.call_s3("create_multipart_upload", Bucket="@BUCKET@", Key="copy-probe")
-ids = {"Bucket": "@BUCKET@", "Key": "copy-probe", "UploadId": upload["UploadId"]}
-fs.call_s3("upload_part", PartNumber=1, Body=b"warm", **ids)
-part = os.urandom(size)
-measure(lambda: fs.call_s3("upload_part", PartNumber=2, Body=part, ChecksumAlgorithm="SHA256", **ids))
-fs.call_s3("abort_multipart_upload", **ids)
-""".replace("@BUCKET@", BUCKET)
-
-
 @contextlib.contextmanager
 def moto_server() -> Iterator[str]:
     server = subprocess.Popen(
@@ -135,7 +114,6 @@ def run(context: Context) -> list[Row]:
         def contender(name: str) -> dict[str, float]:
             return probe(PROBE, name, endpoint, str(size), str(source))
 
-        copy = probe(CLIENT_COPY_PROBE, endpoint, str(PART_SIZE))["extra_rss"] / MiB
         samples = alternate_many(
             2 if context.quick else 3, {name: (lambda name=name: contender(name)) for name in ("ours", "open", "put")}
         )
@@ -174,10 +152,8 @@ def run(context: Context) -> list[Row]:
                 extra["ours"] <= bound,
                 ""
                 if extra["ours"] <= bound
-                else f"s3fs's HTTP stack holds a copy of each part while sending it (one {PART_SIZE // MiB} MiB"
-                f" upload_part through s3fs alone: +{copy:.0f} MiB), so each of the {PARALLEL_PARTS} parts in"
-                f" flight counts twice: {PART_SIZE // MiB} x ({PARALLEL_PARTS} x 2 + 1) MiB ="
-                f" {PART_SIZE // MiB * (2 * PARALLEL_PARTS + 1)} MiB before the interpreter's own",
+                else f"more than the {PARALLEL_PARTS} parts in flight and the one filling are held: a copy of"
+                " a part somewhere in the HTTP stack",
             )
         )
         rows.append(row)
