@@ -267,9 +267,10 @@ def atomic_batch(*, durability: Durability = "full", accept_weaker_durability: b
     # every file is published and flushed here
     ```
 
-    When the batch ends, every file's data is flushed first, then every file is renamed into
-    place (in the order opened), then each directory is flushed once, after its last rename.
-    For n small files in one directory that is n + 1 flushes instead of 2n.
+    Every file's data is flushed first (in groups of 32 as files are finished, the rest when the
+    batch ends), then every file is renamed into place (in the order opened), then each
+    directory is flushed once, after its last rename.  For n small files in one directory that
+    is n + 1 flushes instead of 2n.
 
     What is promised:
 
