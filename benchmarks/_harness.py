@@ -108,15 +108,24 @@ def alternate(
 def alternate_many(
     rounds: int, contenders: dict[str, Callable[[], Any]], *, warmup: bool = True
 ) -> dict[str, list[Any]]:
-    """Like `alternate` for several contenders: each round runs them all, in a rotated order."""
+    """Like `alternate` for several contenders: each round runs them all, in a changing order.
+
+    Rotating one order keeps every contender behind the same neighbour in every round, so what
+    one leaves behind (freed memory, writeback) always lands on the same other.  Every second
+    round runs the rotation backwards: each contender follows both of its neighbours, and with
+    three contenders six rounds run all six orders.
+    """
     names = list(contenders)
     if warmup:
         for name in names:
             contenders[name]()
     samples: dict[str, list[Any]] = {name: [] for name in names}
     for index in range(rounds):
-        shift = index % len(names)
-        for name in names[shift:] + names[:shift]:
+        shift = (index // 2) % len(names)
+        order = names[shift:] + names[:shift]
+        if index % 2:
+            order.reverse()
+        for name in order:
             samples[name].append(contenders[name]())
     return samples
 

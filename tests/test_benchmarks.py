@@ -35,12 +35,15 @@ def test_alternate_swaps_who_goes_first_after_a_warmup() -> None:
     assert theirs == [2.0] * 4
 
 
-def test_alternate_many_rotates_the_order() -> None:
+def test_alternate_many_runs_every_order() -> None:
     calls: list[str] = []
     contenders = {name: (lambda name=name: calls.append(name) or name) for name in "abc"}
-    samples = alternate_many(3, contenders, warmup=False)
-    assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
-    assert samples == {"a": ["a"] * 3, "b": ["b"] * 3, "c": ["c"] * 3}
+    samples = alternate_many(6, contenders, warmup=False)
+    orders = ["".join(calls[index : index + 3]) for index in range(0, 18, 3)]
+    # Six rounds of three: all six orders, so each contender follows each other one equally.
+    assert sorted(orders) == ["abc", "acb", "bac", "bca", "cab", "cba"]
+    assert orders[0] == "abc"
+    assert samples == {"a": ["a"] * 6, "b": ["b"] * 6, "c": ["c"] * 6}
 
 
 def test_iqr_and_ratios() -> None:
