@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from ._errors import (
     AtomicWriteError,
@@ -201,12 +201,17 @@ class PosixPendingWrite(PendingWrite):
                 os.rename(self._temp, self._name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
             self._temp = None
         except BaseException as exc:
-            self.discard()
-            if isinstance(exc, OSError) and not isinstance(exc, AtomicWriteError):
-                raise os_error(exc, self._location, step) from exc
-            raise
+            self._abort(exc, step)
         self._done = True
         return self._after_publish(version)
+
+    def _abort(self, exc: BaseException, step: str) -> NoReturn:
+        """Discard after ``exc`` (raised at ``step``), then raise it; a plain OSError is raised
+        as the error hierarchy's, naming the target and the step."""
+        self.discard()
+        if isinstance(exc, OSError) and not isinstance(exc, AtomicWriteError):
+            raise os_error(exc, self._location, step) from exc
+        raise exc
 
     def _finish_publish(self, fd: int) -> None:
         """Close the O_TMPFILE descriptor after it was linked straight to the target name."""
@@ -326,10 +331,7 @@ class PosixPendingWrite(PendingWrite):
             finally:
                 os.close(dir_fd)
         except BaseException as exc:
-            self.discard()
-            if isinstance(exc, OSError) and not isinstance(exc, AtomicWriteError):
-                raise os_error(exc, self._location, step) from exc
-            raise
+            self._abort(exc, step)
 
     def begin_stage(self) -> None:
         fd = self._fd
@@ -341,10 +343,7 @@ class PosixPendingWrite(PendingWrite):
                 # its directory changes out of the run of flushes.
                 self._temp = self._link_tmpfile_to_temp_name(fd)
         except BaseException as exc:
-            self.discard()
-            if isinstance(exc, OSError) and not isinstance(exc, AtomicWriteError):
-                raise os_error(exc, self._location, "naming the temp file") from exc
-            raise
+            self._abort(exc, "naming the temp file")
         if self._options.durability != "none":
             start_writeback(fd)
 
@@ -365,10 +364,7 @@ class PosixPendingWrite(PendingWrite):
                 os.rename(temp, self._name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
             self._temp = None
         except BaseException as exc:
-            self.discard()
-            if isinstance(exc, OSError) and not isinstance(exc, AtomicWriteError):
-                raise os_error(exc, self._location, step) from exc
-            raise
+            self._abort(exc, step)
         self._done = True
         self._close_directory()
         return os.path.dirname(self._target) if self._options.durability == "full" else None
