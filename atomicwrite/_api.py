@@ -283,6 +283,17 @@ def _options(
     storage_options: Mapping[str, Any] | None,
     progress: ProgressCallback | None = None,
 ) -> WriteOptions:
+    plain = if_match is None and storage_options is None and progress is None
+    if plain:
+        # Most writes pass a handful of flags and nothing else: their options are built (and
+        # checked) once.  WriteOptions is immutable, so every such write can share them.
+        key = (exclusive, durability, accept_weaker_durability, preserve_permissions, permissions, follow_symlinks)
+        try:
+            cached = _PLAIN_OPTIONS.get(key)
+        except TypeError:  # an unhashable argument: the checks below name it
+            cached = None
+        if cached is not None:
+            return cached
     if durability not in _DURABILITY:
         raise UsageError(f"durability must be one of {', '.join(map(repr, _DURABILITY))}, not {durability!r}")
     if permissions is not None and (not isinstance(permissions, int) or not 0 <= permissions <= 0o7777):
@@ -290,7 +301,7 @@ def _options(
     if exclusive and if_match is not None:
         raise UsageError("if_match replaces a known version; it cannot be combined with exclusive creation")
     level: Durability = durability  # type: ignore[assignment]  # checked just above
-    return WriteOptions(
+    options = WriteOptions(
         exclusive=exclusive,
         durability=level,
         accept_weaker_durability=accept_weaker_durability,
@@ -301,6 +312,13 @@ def _options(
         storage_options=dict(storage_options or {}),
         progress=progress,
     )
+    if plain and len(_PLAIN_OPTIONS) < 64:
+        _PLAIN_OPTIONS[key] = options
+    return options
+
+
+# Options without storage_options, if_match or progress, by their flags; see _options.
+_PLAIN_OPTIONS: dict[tuple[object, ...], WriteOptions] = {}
 
 
 def _open(

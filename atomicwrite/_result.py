@@ -40,7 +40,10 @@ class LocalVersion(Record):
 
     @classmethod
     def from_stat(cls, st: os.stat_result) -> LocalVersion:
-        return cls(st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+        # Every local write makes one: built here without the two calls of __init__.
+        version = cls.__new__(cls)
+        version._set(device=st.st_dev, inode=st.st_ino, mtime_ns=st.st_mtime_ns, size=st.st_size)
+        return version
 
 
 class CommitResult(Record):

@@ -206,21 +206,25 @@ def split_protocol(target: str) -> tuple[str, str]:
 
 def resolve_target(target: str | os.PathLike[str]) -> tuple[Strategy, str]:
     """Choose the strategy for ``target`` and return it with the location it should be given."""
-    if isinstance(target, bytes) or not isinstance(target, (str, os.PathLike)):
+    if isinstance(target, str):
+        text = target
+    elif isinstance(target, os.PathLike):
+        text = os.fspath(target)
+        if not isinstance(text, str):
+            raise UsageError(f"target must be a str path, not {type(text).__name__}")
+    else:
         raise UsageError(f"target must be a str or os.PathLike[str], not {type(target).__name__}")
-    text = os.fspath(target)
-    if not isinstance(text, str):
-        raise UsageError(f"target must be a str path, not {type(text).__name__}")
     if not text:
         raise UsageError("target is an empty path")
-    protocol, rest = split_protocol(text)
-    if protocol not in _REGISTRY:
-        raise UnsupportedTargetError(
-            f"no atomic strategy for {protocol!r} URLs ({text!r}); registered: "
-            + ", ".join(sorted(p for p in _REGISTRY if p))
-        )
+    # A plain path (most targets) skips the parsing.
+    protocol, rest = split_protocol(text) if "://" in text else ("", text)
     strategy = _INSTANCES.get(protocol)
     if strategy is None:
+        if protocol not in _REGISTRY:
+            raise UnsupportedTargetError(
+                f"no atomic strategy for {protocol!r} URLs ({text!r}); registered: "
+                + ", ".join(sorted(p for p in _REGISTRY if p))
+            )
         module_name, _, attribute = _REGISTRY[protocol].partition(":")
         strategy_class = getattr(importlib.import_module(module_name), attribute)
         strategy = _INSTANCES[protocol] = strategy_class()
