@@ -7,7 +7,6 @@ rename is done, and each directory is flushed once, after the last rename into i
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Literal, overload
@@ -151,6 +150,8 @@ class AtomicBatch:
         # committed whole here, with its own flushes.
         staged: list[AtomicBinaryFile] = []
         directories: dict[str, AtomicBinaryFile] = {}
+        # The directory whose flush each staged file waits for (absent: none).
+        due: dict[int, str] = {}
         published: list[AtomicBinaryFile] = []
         whole: dict[int, CommitResult] = {}
         failure: BaseException | None = None
@@ -166,6 +167,7 @@ class AtomicBatch:
                         # The last rename into a directory is the one its flush must follow.
                         directories.pop(directory, None)
                         directories[directory] = binary
+                        due[id(binary)] = directory
                     staged.append(binary)
                 else:
                     whole[id(binary)] = pending.commit()
@@ -192,9 +194,9 @@ class AtomicBatch:
             if id(binary) in whole:
                 result = whole[id(binary)]
             else:
-                directory = _directory_of(binary)
+                directory = due.get(id(binary))
                 try:
-                    result = pending.finish_staged(flushed.get(directory, True) if directory else True)
+                    result = pending.finish_staged(flushed[directory] if directory is not None else True)
                 except DurabilityError as exc:
                     short.append(exc)
                     result = exc.result
@@ -249,11 +251,6 @@ class AtomicBatch:
 
 def _location(binary: AtomicBinaryFile) -> str:
     return str(getattr(binary._pending, "_location", "?"))
-
-
-def _directory_of(binary: AtomicBinaryFile) -> str | None:
-    target = getattr(binary._pending, "_target", None)
-    return os.path.dirname(target) if isinstance(target, str) else None
 
 
 def atomic_batch(*, durability: Durability = "full", accept_weaker_durability: bool = False) -> AtomicBatch:

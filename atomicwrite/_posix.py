@@ -131,6 +131,7 @@ class PosixPendingWrite(PendingWrite):
         *,
         location: str,
         target: str,
+        directory: str,
         dir_fd: int,
         name: str,
         fd: int,
@@ -140,6 +141,7 @@ class PosixPendingWrite(PendingWrite):
     ) -> None:
         self._location = location
         self._target = target
+        self._directory = directory
         self._dir_fd: int | None = dir_fd
         self._name = name
         self._fd: int | None = fd
@@ -257,7 +259,7 @@ class PosixPendingWrite(PendingWrite):
         """Open the directory a staged write closed, refusing one that is not the same directory."""
         assert self._directory_identity is not None
         try:
-            dir_fd = os.open(os.path.dirname(self._target), os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
+            dir_fd = os.open(self._directory, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
             status = os.fstat(dir_fd)
         except OSError as exc:
             raise os_error(exc, self._location, step) from exc
@@ -370,7 +372,7 @@ class PosixPendingWrite(PendingWrite):
             self._abort(exc, step)
         self._done = True
         self._close_directory()
-        return os.path.dirname(self._target) if self._options.durability == "full" else None
+        return self._directory if self._options.durability == "full" else None
 
     def finish_staged(self, directory_flushed: bool) -> CommitResult:
         assert self._version is not None
@@ -468,13 +470,13 @@ class PosixStrategy(LocalStrategy):
 
     def begin(self, location: str, options: WriteOptions) -> PosixPendingWrite:
         target = location if location.startswith("/") else self.absolute(location)
-        dir_fd, name, old = self._open_directory(target, location)
+        directory, dir_fd, name, old = self._open_directory(target, location)
         if old is not None and stat.S_ISLNK(old.st_mode) and options.follow_symlinks:
             # A symlink: the write goes to the file at the end of its chain, in that file's
             # directory.  (Most targets are not links; they cost no readlink.)
             os.close(dir_fd)
             target = self.resolve(location, follow_symlinks=True)
-            dir_fd, name, old = self._open_directory(target, location)
+            directory, dir_fd, name, old = self._open_directory(target, location)
         try:
             self.vet_existing(old, location, options)
             fd, temp = self._create_temp(dir_fd, name, location)
@@ -497,6 +499,7 @@ class PosixStrategy(LocalStrategy):
         return PosixPendingWrite(
             location=location,
             target=target,
+            directory=directory,
             dir_fd=dir_fd,
             name=name,
             fd=fd,
@@ -505,8 +508,8 @@ class PosixStrategy(LocalStrategy):
             strategy_name=self.name,
         )
 
-    def _open_directory(self, target: str, location: str) -> tuple[int, str, os.stat_result | None]:
-        """Open the directory of ``target``: ``(dir_fd, name, status of the name or None)``."""
+    def _open_directory(self, target: str, location: str) -> tuple[str, int, str, os.stat_result | None]:
+        """Open the directory of ``target``: ``(its path, dir_fd, name, status of the name or None)``."""
         # os.path.split() costs a few microseconds on every write; the target is absolute here.
         head, _, name = target.rpartition("/")
         parent = head or "/"
@@ -517,9 +520,9 @@ class PosixStrategy(LocalStrategy):
         except OSError as exc:
             raise os_error(exc, location, "opening the target's directory") from exc
         try:
-            return dir_fd, name, os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            return parent, dir_fd, name, os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError:
-            return dir_fd, name, None
+            return parent, dir_fd, name, None
         except OSError as exc:
             os.close(dir_fd)
             raise os_error(exc, location, "reading the target's status") from exc

@@ -36,13 +36,13 @@ class LocalVersion(Record):
     _fields = ("device", "inode", "mtime_ns", "size")
 
     def __init__(self, device: int, inode: int, mtime_ns: int, size: int) -> None:
-        self._set(device=device, inode=inode, mtime_ns=mtime_ns, size=size)
+        self.__dict__.update(device=device, inode=inode, mtime_ns=mtime_ns, size=size)
 
     @classmethod
     def from_stat(cls, st: os.stat_result) -> LocalVersion:
         # Every local write makes one: built here without the two calls of __init__.
         version = cls.__new__(cls)
-        version._set(device=st.st_dev, inode=st.st_ino, mtime_ns=st.st_mtime_ns, size=st.st_size)
+        version.__dict__.update(device=st.st_dev, inode=st.st_ino, mtime_ns=st.st_mtime_ns, size=st.st_size)
         return version
 
 
@@ -78,7 +78,7 @@ class CommitResult(Record):
         version: object,
         checksum: str | None = None,
     ) -> None:
-        self._set(
+        self.__dict__.update(
             target=target,
             strategy=strategy,
             durability=durability,

@@ -45,7 +45,7 @@ class Serializer(Record):
         binary: bool = True,
         encoding: str | None = None,
     ) -> None:
-        self._set(name=name, dump=dump, load=load, binary=binary, encoding=encoding)
+        self.__dict__.update(name=name, dump=dump, load=load, binary=binary, encoding=encoding)
 
 
 def _dump_bytes(obj: Any, file: IO[Any]) -> None:

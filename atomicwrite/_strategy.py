@@ -74,7 +74,7 @@ class WriteOptions(Record):
         storage_options: Mapping[str, Any] | None = None,
         progress: ProgressCallback | None = None,
     ) -> None:
-        self._set(
+        self.__dict__.update(
             exclusive=exclusive,
             durability=durability,
             accept_weaker_durability=accept_weaker_durability,
