@@ -257,6 +257,35 @@ def test_a_failed_flush_while_writing_publishes_nothing(tmp_path: Path, monkeypa
     assert batch.results == []
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="only an O_TMPFILE temp is named as its file closes")
+def test_a_failure_naming_a_temp_publishes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The unnamed temp of a closing file gets its name right away (begin_stage); if that fails,
+    the batch ends with the error, and the temps already named are removed with the rest."""
+    from atomicwrite import AtomicOSError, _posix
+
+    real_link = _posix.PosixPendingWrite._link_tmpfile
+    calls = {"n": 0}
+
+    def failing_third(self: _posix.PosixPendingWrite, fd: int, name: str) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(errno.EMLINK, "Too many links")
+        real_link(self, fd, name)
+
+    monkeypatch.setattr(_posix.PosixPendingWrite, "_link_tmpfile", failing_third)
+    for index in range(5):
+        (tmp_path / f"f{index}").write_bytes(b"old")
+    written = []
+    with pytest.raises(AtomicOSError, match="naming the temp file"), atomic_batch() as batch:
+        for index in range(5):
+            with batch.open(tmp_path / f"f{index}", "wb") as file:
+                file.write(b"new")
+            written.append(index)
+    assert written == [0, 1]
+    assert _contents(tmp_path) == {f"f{index}": b"old" for index in range(5)}
+    assert batch.results == []
+
+
 @linux_only
 def test_descriptors_held_are_bounded_by_the_group(tmp_path: Path) -> None:
     from atomicwrite import _batch
