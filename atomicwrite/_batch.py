@@ -148,7 +148,6 @@ class AtomicBatch:
         self._state = "committed"
         # Step 2: publish, in the order opened.  A file whose strategy cannot stage is
         # committed whole here, with its own flushes.
-        staged: list[AtomicBinaryFile] = []
         directories: dict[str, AtomicBinaryFile] = {}
         # The directory whose flush each staged file waits for (absent: none).
         due: dict[int, str] = {}
@@ -168,7 +167,6 @@ class AtomicBatch:
                         directories.pop(directory, None)
                         directories[directory] = binary
                         due[id(binary)] = directory
-                    staged.append(binary)
                 else:
                     whole[id(binary)] = pending.commit()
             except BaseException as exc:

@@ -80,27 +80,8 @@ def temp_name(name: str, suffix: str = _SUFFIX) -> str:
     directory and ``.link`` for a symlink about to replace another: sweep() removes only a
     regular file as a ``.tmp``, only a directory as a ``.stage``, only a symlink as a ``.link``.
     """
-    global _process_tag
-    if _process_tag is None:
-        _process_tag = f".aw{host_tag()}.{os.getpid()}."
-    tail = _process_tag + os.urandom(4).hex() + suffix
-    room = NAME_MAX - 1 - len(tail)
-    # UTF-8 takes at most 4 bytes a character: most names need no encoding to know they fit.
-    return "." + (name if len(name) * 4 <= room else _fit(name, room)) + tail
-
-
-# ".aw{host}.{pid}.": the part of a temp name every write of this process shares.
-_process_tag: str | None = None
-
-
-def _forget_process_tag() -> None:
-    global _process_tag
-    _process_tag = None
-
-
-if hasattr(os, "register_at_fork"):
-    # A forked child has its own pid, and its temp names must say so.
-    os.register_at_fork(after_in_child=_forget_process_tag)
+    tail = f".aw{host_tag()}.{os.getpid()}.{os.urandom(4).hex()}{suffix}"
+    return "." + _fit(name, NAME_MAX - 1 - len(tail)) + tail
 
 
 def parse_temp_name(entry: str) -> tuple[str, int] | None:
@@ -202,6 +183,11 @@ def lock_name(name: str) -> str:
     return "." + _fit(name, NAME_MAX - 6) + ".lock"
 
 
+def names_a_directory(location: str) -> TargetIsADirectoryError:
+    """The error for a target whose last component is empty, ``.`` or ``..``."""
+    return TargetIsADirectoryError(errno.EISDIR, f"cannot write {location!r}: it names a directory", location)
+
+
 def require_version(location: str, expected: object, current: LocalVersion | None) -> None:
     """Raise ConflictError unless the target is at the version a conditional write expects."""
     if current != expected:
@@ -252,8 +238,7 @@ class LocalStrategy(Strategy):
 
     def absolute(self, location: str) -> str:
         """``location`` with ``~`` expanded and made absolute, without resolving ``..`` lexically."""
-        # Only a leading "~" expands; the check spares the common path a call.
-        path = os.path.expanduser(location) if location.startswith("~") else location
+        path = os.path.expanduser(location)
         if not os.path.isabs(path):
             path = os.path.join(os.getcwd(), path)
         return path
@@ -275,7 +260,7 @@ class LocalStrategy(Strategy):
             else:
                 raise os_error(OSError(errno.ELOOP, os.strerror(errno.ELOOP), path), location, "resolving symlinks")
         if os.path.basename(path) in ("", ".", ".."):
-            raise TargetIsADirectoryError(errno.EISDIR, f"cannot write {location!r}: it names a directory", location)
+            raise names_a_directory(location)
         return path
 
     @staticmethod

@@ -32,7 +32,6 @@ from ._errors import (
     AtomicWriteError,
     DurabilityError,
     TargetExistsError,
-    TargetIsADirectoryError,
     os_error,
 )
 from ._local import (
@@ -40,6 +39,7 @@ from ._local import (
     LocalStrategy,
     TempFileStream,
     flush_to_disk,
+    names_a_directory,
     require_version,
     start_writeback,
     temp_name,
@@ -514,7 +514,7 @@ class PosixStrategy(LocalStrategy):
         head, _, name = target.rpartition("/")
         parent = head or "/"
         if name in ("", ".", ".."):
-            raise TargetIsADirectoryError(errno.EISDIR, f"cannot write {location!r}: it names a directory", location)
+            raise names_a_directory(location)
         try:
             dir_fd = os.open(parent, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
         except OSError as exc:

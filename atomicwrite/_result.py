@@ -40,10 +40,7 @@ class LocalVersion(Record):
 
     @classmethod
     def from_stat(cls, st: os.stat_result) -> LocalVersion:
-        # Every local write makes one: built here without the two calls of __init__.
-        version = cls.__new__(cls)
-        version.__dict__.update(device=st.st_dev, inode=st.st_ino, mtime_ns=st.st_mtime_ns, size=st.st_size)
-        return version
+        return cls(st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 class CommitResult(Record):

@@ -16,6 +16,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -205,19 +206,23 @@ def test_discarding_a_handed_over_file_leaves_its_target(tmp_path: Path) -> None
     assert [Path(result.target).name for result in batch.results] == ["b"]
 
 
+def _failing_call(number: int, real: Any, error: OSError) -> Any:
+    """``real``, except that its ``number``-th call (counting from 1) raises ``error``."""
+    calls = {"n": 0}
+
+    def call(*args: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == number:
+            raise error
+        return real(*args)
+
+    return call
+
+
 def test_a_failed_flush_publishes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from atomicwrite import AtomicOSError, _posix
 
-    real_sync = _posix._sync
-    calls = {"n": 0}
-
-    def failing_third(fd: int) -> None:
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise OSError(errno.EIO, "Input/output error")
-        real_sync(fd)
-
-    monkeypatch.setattr(_posix, "_sync", failing_third)
+    monkeypatch.setattr(_posix, "_sync", _failing_call(3, _posix._sync, OSError(errno.EIO, "Input/output error")))
     for index in range(5):
         (tmp_path / f"f{index}").write_bytes(b"old")
     with pytest.raises(AtomicOSError, match="flushing the temp file"), atomic_batch() as batch:
@@ -234,16 +239,7 @@ def test_a_failed_flush_while_writing_publishes_nothing(tmp_path: Path, monkeypa
 
     # Two files per group: the second group's flush fails while the fifth file closes.
     monkeypatch.setattr(_batch, "_WINDOW", 2)
-    real_sync = _posix._sync
-    calls = {"n": 0}
-
-    def failing_fourth(fd: int) -> None:
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise OSError(errno.EIO, "Input/output error")
-        real_sync(fd)
-
-    monkeypatch.setattr(_posix, "_sync", failing_fourth)
+    monkeypatch.setattr(_posix, "_sync", _failing_call(4, _posix._sync, OSError(errno.EIO, "Input/output error")))
     for index in range(6):
         (tmp_path / f"f{index}").write_bytes(b"old")
     written = []
@@ -263,16 +259,8 @@ def test_a_failure_naming_a_temp_publishes_nothing(tmp_path: Path, monkeypatch: 
     the batch ends with the error, and the temps already named are removed with the rest."""
     from atomicwrite import AtomicOSError, _posix
 
-    real_link = _posix.PosixPendingWrite._link_tmpfile
-    calls = {"n": 0}
-
-    def failing_third(self: _posix.PosixPendingWrite, fd: int, name: str) -> None:
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise OSError(errno.EMLINK, "Too many links")
-        real_link(self, fd, name)
-
-    monkeypatch.setattr(_posix.PosixPendingWrite, "_link_tmpfile", failing_third)
+    link = _failing_call(3, _posix.PosixPendingWrite._link_tmpfile, OSError(errno.EMLINK, "Too many links"))
+    monkeypatch.setattr(_posix.PosixPendingWrite, "_link_tmpfile", link)
     for index in range(5):
         (tmp_path / f"f{index}").write_bytes(b"old")
     written = []

@@ -132,6 +132,22 @@ def test_pathlike_relative_home_and_file_url(workdir: Path, monkeypatch: pytest.
     assert file.result.target == f"{workdir}/url.txt"
 
 
+@pytest.mark.skipif(os.sep != "/", reason="POSIX path spellings")
+@pytest.mark.parametrize("spelling", ["{dir}//doubled.bin", "{dir}/sub/../dotted.bin", "{dir}/./here.bin"])
+def test_unusual_spellings_of_a_path_write_where_open_would(workdir: Path, spelling: str) -> None:
+    """The target's directory and name are split without os.path: any spelling open() accepts
+    lands in the same place, and its temp file beside it."""
+    (workdir / "sub").mkdir()
+    target = spelling.format(dir=workdir)
+    with atomic_open(target, "wb") as file:
+        file.write(b"new")
+    with open(target, "rb") as written:
+        assert written.read() == b"new"
+    assert sorted(listing(workdir)) == sorted(["sub", os.path.basename(target)])
+    assert file.result is not None
+    assert file.result.target == target
+
+
 @pytest.mark.parametrize("name", ["spaced name.txt", "ünïcødé-日本語.bin", "a" * 255, "é" * 127])
 def test_awkward_names(workdir: Path, name: str) -> None:
     """Temp names still fit in NAME_MAX when the target's name is as long as allowed."""
