@@ -219,59 +219,51 @@ def _failing_call(number: int, real: Any, error: OSError) -> Any:
     return call
 
 
+def _failed_batch(directory: Path, count: int, match: str) -> list[int]:
+    """Replace ``count`` old files in one batch, which must fail with an AtomicOSError matching
+    ``match``; check that every target is still old, no temp is left and nothing was reported
+    published.  Returns the files whose own with block was left before the failure."""
+    from atomicwrite import AtomicOSError
+
+    for index in range(count):
+        (directory / f"f{index}").write_bytes(b"old")
+    written = []
+    with pytest.raises(AtomicOSError, match=match), atomic_batch() as batch:
+        for index in range(count):
+            with batch.open(directory / f"f{index}", "wb") as file:
+                file.write(b"new")
+            written.append(index)
+    assert _contents(directory) == {f"f{index}": b"old" for index in range(count)}
+    assert batch.results == []
+    return written
+
+
 def test_a_failed_flush_publishes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from atomicwrite import AtomicOSError, _posix
+    from atomicwrite import _posix
 
     monkeypatch.setattr(_posix, "_sync", _failing_call(3, _posix._sync, OSError(errno.EIO, "Input/output error")))
-    for index in range(5):
-        (tmp_path / f"f{index}").write_bytes(b"old")
-    with pytest.raises(AtomicOSError, match="flushing the temp file"), atomic_batch() as batch:
-        for index in range(5):
-            with batch.open(tmp_path / f"f{index}", "wb") as file:
-                file.write(b"new")
-    # Every target is untouched and no temp is left, whichever file's flush failed.
-    assert _contents(tmp_path) == {f"f{index}": b"old" for index in range(5)}
-    assert batch.results == []
+    # The third flush fails when the batch ends: every file had been handed over.
+    assert _failed_batch(tmp_path, 5, "flushing the temp file") == [0, 1, 2, 3, 4]
 
 
 def test_a_failed_flush_while_writing_publishes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from atomicwrite import AtomicOSError, _batch, _posix
+    from atomicwrite import _batch, _posix
 
     # Two files per group: the second group's flush fails while the fifth file closes.
     monkeypatch.setattr(_batch, "_WINDOW", 2)
     monkeypatch.setattr(_posix, "_sync", _failing_call(4, _posix._sync, OSError(errno.EIO, "Input/output error")))
-    for index in range(6):
-        (tmp_path / f"f{index}").write_bytes(b"old")
-    written = []
-    with pytest.raises(AtomicOSError, match="flushing the temp file"), atomic_batch() as batch:
-        for index in range(6):
-            with batch.open(tmp_path / f"f{index}", "wb") as file:
-                file.write(b"new")
-            written.append(index)
-    assert written == [0, 1, 2]
-    assert _contents(tmp_path) == {f"f{index}": b"old" for index in range(6)}
-    assert batch.results == []
+    assert _failed_batch(tmp_path, 6, "flushing the temp file") == [0, 1, 2]
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="only an O_TMPFILE temp is named as its file closes")
 def test_a_failure_naming_a_temp_publishes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The unnamed temp of a closing file gets its name right away (begin_stage); if that fails,
     the batch ends with the error, and the temps already named are removed with the rest."""
-    from atomicwrite import AtomicOSError, _posix
+    from atomicwrite import _posix
 
     link = _failing_call(3, _posix.PosixPendingWrite._link_tmpfile, OSError(errno.EMLINK, "Too many links"))
     monkeypatch.setattr(_posix.PosixPendingWrite, "_link_tmpfile", link)
-    for index in range(5):
-        (tmp_path / f"f{index}").write_bytes(b"old")
-    written = []
-    with pytest.raises(AtomicOSError, match="naming the temp file"), atomic_batch() as batch:
-        for index in range(5):
-            with batch.open(tmp_path / f"f{index}", "wb") as file:
-                file.write(b"new")
-            written.append(index)
-    assert written == [0, 1]
-    assert _contents(tmp_path) == {f"f{index}": b"old" for index in range(5)}
-    assert batch.results == []
+    assert _failed_batch(tmp_path, 5, "naming the temp file") == [0, 1]
 
 
 @linux_only
