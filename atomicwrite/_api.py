@@ -96,7 +96,7 @@ class AtomicBinaryFile(io.BufferedWriter):
             raise
         self._staged = True
         if self._batch is not None:
-            self._batch._stage(self._pending)
+            self._batch._stage(self)
 
     def _published(self, result: CommitResult) -> None:
         """In a batch: the batch published this write (or found it could not flush enough)."""

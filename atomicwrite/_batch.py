@@ -7,6 +7,7 @@ rename is done, and each directory is flushed once, after the last rename into i
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Literal, overload
@@ -62,17 +63,21 @@ class AtomicBatch:
         # Finished files not yet flushed, oldest first.
         self._waiting: list[PendingWrite] = []
 
-    def _stage(self, pending: PendingWrite) -> None:
+    def _stage(self, file: AtomicBinaryFile) -> None:
         """Take a finished file: prepare it now (its writeback starts), flush it with the next ones.
 
         Flushing right away would cost a journal commit per file.  Started early and flushed in
         a row, the files' data is mostly on its way when the first flush runs, and that flush
         commits the journal for the flushes after it.  Each fsync still covers its own file.
         """
+        pending = file._pending
         if not pending.can_stage:
             return
-        # Closed here, so a write after the file's with block fails instead of being lost.
-        pending.stream.close()
+        # Closed here, so that a write after the file's with block fails instead of being lost,
+        # and so that its write buffer is freed now rather than when the batch goes: a batch of
+        # thousands of files would otherwise hold a buffer per file.  (The base class's close,
+        # since the file's own close means discard.)
+        io.BufferedWriter.close(file)
         pending.begin_stage()
         self._waiting.append(pending)
         if len(self._waiting) >= _WINDOW:

@@ -288,6 +288,29 @@ def test_descriptors_held_are_bounded_by_the_group(tmp_path: Path) -> None:
     assert _contents(tmp_path) == {f"f{index}": b"x" for index in range(count)}
 
 
+def test_a_handed_over_file_frees_its_write_buffer(tmp_path: Path) -> None:
+    """Each file's write buffer (256 KiB) goes when the batch takes the file, not when the batch
+    ends: a batch of thousands of files must not hold a buffer for each."""
+    import tracemalloc
+
+    from atomicwrite import _api
+
+    count = 40
+    tracemalloc.start()
+    try:
+        with atomic_batch() as batch:
+            before = tracemalloc.get_traced_memory()[0]
+            for index in range(count):
+                with batch.open(tmp_path / f"f{index}", "wb") as file:
+                    file.write(b"x" * 100)
+            held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    # Forty buffers would be 10 MiB; what stays per file is its objects, a few KiB.
+    assert held < count * _api._BUFFER_SIZE // 8
+    assert _contents(tmp_path) == {f"f{index}": b"x" * 100 for index in range(count)}
+
+
 def test_a_directory_swapped_during_the_batch_is_refused(tmp_path: Path) -> None:
     """Staged files close their directory until they publish; the one reopened must be the same."""
     directory = tmp_path / "data"
