@@ -153,11 +153,13 @@ class AtomicBatch:
         self._state = "committed"
         # Step 2: publish, in the order opened.  A file whose strategy cannot stage is
         # committed whole here, with its own flushes.
-        directories: dict[str, AtomicBinaryFile] = {}
-        # The directory whose flush each staged file waits for (absent: none).
-        due: dict[int, str] = {}
-        published: list[AtomicBinaryFile] = []
-        whole: dict[int, CommitResult] = {}
+        # Each published file, with the result of a whole commit, or else the directory whose
+        # flush it waits for (None: none).
+        published: list[tuple[AtomicBinaryFile, CommitResult | None, str | None]] = []
+        # Each directory due a flush, with the file published last into it (which may still
+        # hold the directory open), in the order of those last renames.
+        directories: dict[str, PendingWrite] = {}
+        previous: PendingWrite | None = None
         failure: BaseException | None = None
         failed: str | None = None
         discarded: list[str] = []
@@ -166,14 +168,14 @@ class AtomicBatch:
             pending = binary._pending
             try:
                 if pending.can_stage:
-                    directory = pending.publish_staged()
+                    directory = pending.publish_staged(previous)
+                    previous = pending
                     if directory is not None:
-                        # The last rename into a directory is the one its flush must follow.
                         directories.pop(directory, None)
-                        directories[directory] = binary
-                        due[id(binary)] = directory
+                        directories[directory] = pending
+                    published.append((binary, None, directory))
                 else:
-                    whole[id(binary)] = pending.commit()
+                    published.append((binary, pending.commit(), None))
             except BaseException as exc:
                 failure, failed = exc, _location(binary)
                 _discard_after(binary, exc)
@@ -181,25 +183,21 @@ class AtomicBatch:
                     _discard_after(rest, exc)
                     discarded.append(_location(_binary_of(rest)))
                 break
-            published.append(binary)
         # Step 3: one flush per directory, after its last rename.
         flushed: dict[str, bool] = {}
-        for directory, binary in directories.items():
+        for directory, last in directories.items():
             try:
-                flushed[directory] = binary._pending.flush_directory()
+                flushed[directory] = last.flush_directory()
             except BaseException as exc:
                 flushed[directory] = False
                 if failure is None:
                     failure, failed = exc, None
         short: list[DurabilityError] = []
-        for binary in published:
-            pending = binary._pending
-            if id(binary) in whole:
-                result = whole[id(binary)]
-            else:
-                directory = due.get(id(binary))
+        for binary, whole, directory in published:
+            result = whole
+            if result is None:
                 try:
-                    result = pending.finish_staged(flushed[directory] if directory is not None else True)
+                    result = binary._pending.finish_staged(flushed[directory] if directory is not None else True)
                 except DurabilityError as exc:
                     short.append(exc)
                     result = exc.result

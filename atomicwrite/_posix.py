@@ -352,13 +352,13 @@ class PosixPendingWrite(PendingWrite):
         if self._options.durability != "none":
             start_writeback(fd)
 
-    def publish_staged(self) -> str | None:
+    def publish_staged(self, previous: PendingWrite | None = None) -> str | None:
         temp = self._temp
         assert temp is not None
         assert self._fd is None, "stage() first"
         step = "publishing"
         try:
-            self._dir_fd = dir_fd = self._reopen_directory("reopening the directory")
+            self._dir_fd = dir_fd = self._take_directory(previous)
             if self._options.if_match is not None:
                 step = "checking the target's version"
                 self._check_version(dir_fd)
@@ -371,8 +371,22 @@ class PosixPendingWrite(PendingWrite):
         except BaseException as exc:
             self._abort(exc, step)
         self._done = True
-        self._close_directory()
+        # The directory stays open for the next file to publish (or for its flush), and is
+        # closed by finish_staged at the latest.
         return self._directory if self._options.durability == "full" else None
+
+    def _take_directory(self, previous: PendingWrite | None) -> int:
+        """The staged write's directory, open: the one ``previous`` (published just before this
+        write) still holds if it is the same directory, else reopened and checked."""
+        if isinstance(previous, PosixPendingWrite) and previous._dir_fd is not None:
+            if previous._directory_identity == self._directory_identity:
+                # Most batches write into one directory: one open for all its files, not one each.
+                # The descriptor was checked to be this (device, inode) when it was reopened.
+                dir_fd, previous._dir_fd = previous._dir_fd, None
+                return dir_fd
+            # Another directory: closed now, so that a batch holds one directory open at a time.
+            previous._close_directory()
+        return self._reopen_directory("reopening the directory")
 
     def finish_staged(self, directory_flushed: bool) -> CommitResult:
         assert self._version is not None

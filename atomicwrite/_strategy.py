@@ -122,10 +122,11 @@ class PendingWrite(ABC):
         nothing; on failure, discard and raise."""
         return
 
-    def publish_staged(self) -> str | None:
+    def publish_staged(self, previous: PendingWrite | None = None) -> str | None:
         """Publish a staged write; return the directory whose flush is still due (None: none is).
 
-        On failure, discard and raise."""
+        ``previous`` is the write published just before this one, whose open handles (a
+        directory's descriptor) this one may take over.  On failure, discard and raise."""
         raise NotImplementedError
 
     def flush_directory(self) -> bool:

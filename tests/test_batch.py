@@ -383,6 +383,62 @@ def test_flushes_each_file_once_and_the_directory_once(tmp_path: Path) -> None:
 
 
 @linux_only
+def test_publishes_through_one_directory_descriptor(tmp_path: Path) -> None:
+    """The files of one directory are renamed, and the directory flushed, through one descriptor:
+    opened once for the publish step, not once per file."""
+    work = tmp_path / "work"
+    _prepare(work)
+    log = tmp_path / "trace"
+    done = _run(work, "-e", "trace=openat,renameat,fsync", "-o", str(log))
+    assert done.returncode == 0, done.stderr
+    # strace -f starts each line with the pid.
+    lines = [line.split(maxsplit=1)[1] if line[:1].isdigit() else line for line in log.read_text().splitlines()]
+    directory_opens = [line for line in lines if f'"{work}"' in line and "O_DIRECTORY" in line]
+    # One per file as it begins (its temp is created there), one for the whole publish step.
+    assert len(directory_opens) == COUNT + 1
+    publish_fd = directory_opens[-1].rsplit("=", 1)[1].strip()
+    renames = [line for line in lines if line.startswith("renameat(")]
+    assert [line.split("(")[1].split(",")[0] for line in renames] == [publish_fd] * COUNT
+    assert lines[-1].startswith(f"fsync({publish_fd})")
+    assert _contents(work) == {f"f{index}": _new(index) for index in range(COUNT)}
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the POSIX strategy's descriptors")
+def test_files_in_several_directories_hold_one_directory_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files interleaved over directories: a directory stays open only while the next file to
+    publish is in it, so the publish step holds one directory at a time, whatever the batch."""
+    from atomicwrite import _posix
+
+    directories = [tmp_path / f"d{index}" for index in range(3)]
+    for directory in directories:
+        directory.mkdir()
+
+    def open_descriptors() -> int:
+        return len(os.listdir("/dev/fd"))
+
+    held_at_flush: list[int] = []
+    flush_directory = _posix.PosixPendingWrite.flush_directory
+
+    def counting_flush(self: _posix.PosixPendingWrite) -> bool:
+        held_at_flush.append(open_descriptors() - before)
+        return flush_directory(self)
+
+    monkeypatch.setattr(_posix.PosixPendingWrite, "flush_directory", counting_flush)
+    before = open_descriptors()
+    order = [0, 0, 1, 2, 2, 0, 1]
+    with atomic_batch() as batch:
+        for index, which in enumerate(order):
+            with batch.open(directories[which] / f"f{index}", "wb") as file:
+                file.write(f"{index}".encode())
+    # Published: only the last file's directory is still open; each other one is reopened.
+    assert held_at_flush == [1, 1, 1]
+    assert open_descriptors() == before
+    assert [result.durability for result in batch.results] == ["full"] * len(order)
+    for index, which in enumerate(order):
+        assert (directories[which] / f"f{index}").read_bytes() == f"{index}".encode()
+
+
+@linux_only
 @pytest.mark.parametrize(
     ("call", "nth"),
     [("fsync", n) for n in range(1, COUNT + 1)] + [("renameat", n) for n in range(1, COUNT + 1)],
