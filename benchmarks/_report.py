@@ -21,17 +21,47 @@ def _read(path: str) -> str:
         return ""
 
 
+def _filesystem(directory: Path) -> str:
+    """The bench directory's file system type, with its mount options and, for ext4, whether it
+    has a journal: without one, fsync and inode allocation behave differently (see the notes)."""
+    try:
+        kind = subprocess.run(
+            ["df", "--output=fstype", str(directory)], capture_output=True, text=True, check=True
+        ).stdout.split()[-1]
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        return "unknown"
+    # The mount holding the directory: the longest mount point that is a prefix of its path.
+    resolved = str(directory.resolve())
+    mounts = [line.split() for line in _read("/proc/self/mounts").splitlines()]
+    holding = [
+        fields for fields in mounts if len(fields) >= 4 and (resolved + "/").startswith(fields[1].rstrip("/") + "/")
+    ]
+    if not holding:
+        return kind
+    device, _, _, options = max(holding, key=lambda fields: len(fields[1]))[:4]
+    detail = f"mounted {options}"
+    if kind == "ext4":
+        # A journaled ext4 file system has a jbd2 entry named after its device.
+        journals = _listdir("/proc/fs/jbd2")
+        name = os.path.basename(device)
+        has_journal = any(entry.startswith(name + "-") for entry in journals)
+        detail = ("journaled" if has_journal else "no journal") + ", " + detail
+    return f"{kind} ({detail})"
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
 def machine(directory: Path) -> dict[str, str]:
     cpu = next(
         (line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines() if "model name" in line), ""
     )
     memory = next((line.split()[1] for line in _read("/proc/meminfo").splitlines() if line.startswith("MemTotal")), "")
-    try:
-        filesystem = subprocess.run(
-            ["df", "--output=fstype", str(directory)], capture_output=True, text=True, check=True
-        ).stdout.split()[-1]
-    except (OSError, subprocess.CalledProcessError, IndexError):
-        filesystem = "unknown"
+    filesystem = _filesystem(directory)
     versions = []
     for package in PACKAGES:
         try:
