@@ -8,6 +8,7 @@ rename is done, and each directory is flushed once, after the last rename into i
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Literal, overload
@@ -21,8 +22,8 @@ __all__ = ["AtomicBatch", "BatchError", "atomic_batch"]
 
 # Finished files whose flush waits for more to come: their writeback starts as each one closes,
 # and they are flushed together once this many are waiting (or the batch ends).  Enough for the
-# file system to commit their data together, few enough to bound the descriptors held (two per
-# waiting file).
+# file system to commit their data together, few enough to bound the descriptors held: two per
+# file, for the group filling and the group being flushed.
 _WINDOW = 32
 
 
@@ -62,6 +63,11 @@ class AtomicBatch:
         self._state: Literal["open", "committed", "discarded"] = "open"
         # Finished files not yet flushed, oldest first.
         self._waiting: list[PendingWrite] = []
+        # The group being flushed in the background, the thread flushing it, and the error that
+        # stopped it (raised to the caller at the next hand-over or at the commit).
+        self._flushing: list[PendingWrite] = []
+        self._flusher: threading.Thread | None = None
+        self._flush_error: BaseException | None = None
 
     def _stage(self, file: AtomicBinaryFile) -> None:
         """Take a finished file: prepare it now (its writeback starts), flush it with the next ones.
@@ -81,7 +87,43 @@ class AtomicBatch:
         pending.begin_stage()
         self._waiting.append(pending)
         if len(self._waiting) >= _WINDOW:
-            self._stage_waiting()
+            self._flush_in_background()
+
+    def _flush_in_background(self) -> None:
+        """Flush the waiting group in a thread while the caller writes the next files.
+
+        Once the flushes are shared, a file costs mostly the caller's own work (creating,
+        writing, naming it) and its flush's wait for the disk; run side by side, the two
+        overlap.  One group at a time: the previous one is finished (and its error raised here)
+        before the next starts, so the flushes keep their order.
+        """
+        self._join_flusher()
+        self._raise_flush_error()
+        group, self._waiting = self._waiting, []
+        self._flushing = group
+        self._flusher = threading.Thread(target=self._flush_group, args=(group,), name="atomicwrite-batch-flush")
+        self._flusher.start()
+
+    def _flush_group(self, group: list[PendingWrite]) -> None:
+        try:
+            for pending in group:
+                # A file whose staging fails has discarded itself; the batch discards the rest.
+                pending.stage()
+        except BaseException as exc:
+            self._flush_error = exc
+
+    def _join_flusher(self) -> None:
+        """Wait for the group being flushed in the background, if any (its error is kept)."""
+        flusher = self._flusher
+        if flusher is not None:
+            flusher.join()
+            self._flusher = None
+            self._flushing = []
+
+    def _raise_flush_error(self) -> None:
+        error, self._flush_error = self._flush_error, None
+        if error is not None:
+            raise error
 
     def _stage_waiting(self) -> None:
         """Flush (and name) every waiting file, in the order they finished."""
@@ -90,9 +132,12 @@ class AtomicBatch:
             self._waiting.pop(0).stage()
 
     def _settle(self, pending: PendingWrite) -> None:
-        """Forget ``pending`` (being discarded by its file) if it is still waiting."""
+        """Forget ``pending`` (being discarded by its file) if it is still waiting; if it is being
+        flushed, wait for that first, so that the flush and the discard never touch it at once."""
         if pending in self._waiting:
             self._waiting.remove(pending)
+        elif pending in self._flushing:
+            self._join_flusher()
 
     @property
     def results(self) -> list[CommitResult]:
@@ -146,6 +191,8 @@ class AtomicBatch:
             # step 2 can only publish complete files.
             for file in live:
                 file._stage()
+            self._join_flusher()
+            self._raise_flush_error()
             self._stage_waiting()
         except BaseException:
             self.discard()
@@ -265,10 +312,12 @@ def atomic_batch(*, durability: Durability = "full", accept_weaker_durability: b
     # every file is published and flushed here
     ```
 
-    Every file's data is flushed first (in groups of 32 as files are finished, the rest when the
-    batch ends), then every file is renamed into place (in the order opened), then each
-    directory is flushed once, after its last rename.  For n small files in one directory that
-    is n + 1 flushes instead of 2n.
+    Every file's data is flushed first (in groups of 32 as files are finished, each group in a
+    background thread while the next files are written; the rest when the batch ends), then
+    every file is renamed into place (in the order opened), then each directory is flushed
+    once, after its last rename.  For n small files in one directory that is n + 1 flushes
+    instead of 2n.  A flush that fails in the background is raised as the next group is handed
+    over (from the ``with`` block of the file that completes it) or when the batch ends.
 
     What is promised:
 

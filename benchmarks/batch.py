@@ -1,8 +1,9 @@
 """Group commit: 100 files of 4 KiB in one directory, with atomic_batch, against one commit per file.
 
 Both replace the same 100 existing files at durability full; the batch starts each file's
-writeback as it closes, flushes the files back to back in groups of 32, renames all, then
-flushes the directory once.
+writeback as it closes, flushes the files back to back in groups of 32 (each full group in a
+background thread while the next files are written), renames all, then flushes the directory
+once.
 Twice the default rounds, since one sample is only 100 files.
 """
 

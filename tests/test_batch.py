@@ -249,10 +249,12 @@ def test_a_failed_flush_publishes_nothing(tmp_path: Path, monkeypatch: pytest.Mo
 def test_a_failed_flush_while_writing_publishes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from atomicwrite import _batch, _posix
 
-    # Two files per group: the second group's flush fails while the fifth file closes.
+    # Two files per group, each flushed in the background as the next group fills: the second
+    # group's flush (files 2 and 3) fails, and the error is raised as the third group is handed
+    # over, when the sixth file closes.
     monkeypatch.setattr(_batch, "_WINDOW", 2)
     monkeypatch.setattr(_posix, "_sync", _failing_call(4, _posix._sync, OSError(errno.EIO, "Input/output error")))
-    assert _failed_batch(tmp_path, 6, "flushing the temp file") == [0, 1, 2]
+    assert _failed_batch(tmp_path, 6, "flushing the temp file") == [0, 1, 2, 3, 4]
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="only an O_TMPFILE temp is named as its file closes")
@@ -266,6 +268,105 @@ def test_a_failure_naming_a_temp_publishes_nothing(tmp_path: Path, monkeypatch: 
     assert _failed_batch(tmp_path, 5, "naming the temp file") == [0, 1]
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="the POSIX strategy stages; Windows commits file by file")
+def test_full_groups_are_flushed_in_the_background_before_anything_is_published(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from atomicwrite import _batch, _posix
+
+    events: list[tuple[str, str]] = []
+    stage, publish = _posix.PosixPendingWrite.stage, _posix.PosixPendingWrite.publish_staged
+
+    def recording_stage(self: _posix.PosixPendingWrite) -> None:
+        events.append(("flush", threading.current_thread().name))
+        stage(self)
+
+    def recording_publish(self: _posix.PosixPendingWrite, previous: Any = None) -> str | None:
+        events.append(("publish", threading.current_thread().name))
+        return publish(self, previous)
+
+    monkeypatch.setattr(_batch, "_WINDOW", 2)
+    monkeypatch.setattr(_posix.PosixPendingWrite, "stage", recording_stage)
+    monkeypatch.setattr(_posix.PosixPendingWrite, "publish_staged", recording_publish)
+    with atomic_batch() as batch:
+        for index in range(7):
+            with batch.open(tmp_path / f"f{index}", "wb") as file:
+                file.write(b"new")
+    main = threading.current_thread().name
+    # Three full groups flushed beside the writing, the last file when the batch ends, and only
+    # then the renames.
+    assert events == [("flush", "atomicwrite-batch-flush")] * 6 + [("flush", main)] + [("publish", main)] * 7
+    assert _contents(tmp_path) == {f"f{index}": b"new" for index in range(7)}
+    assert not any(thread.name == "atomicwrite-batch-flush" for thread in threading.enumerate())
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the POSIX strategy stages; Windows commits file by file")
+def test_discarding_a_file_being_flushed_waits_for_its_flush(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file discarded while the background flush has it must not be closed under the flush."""
+    import threading
+
+    from atomicwrite import _batch, _posix
+
+    flushing = threading.Event()
+    sync = _posix._sync
+
+    def slow_sync(fd: int) -> None:
+        if threading.current_thread().name == "atomicwrite-batch-flush":
+            flushing.set()
+            time.sleep(0.2)
+        sync(fd)
+
+    monkeypatch.setattr(_batch, "_WINDOW", 2)
+    monkeypatch.setattr(_posix, "_sync", slow_sync)
+    (tmp_path / "f0").write_bytes(b"old")
+    with atomic_batch() as batch:
+        files = []
+        for index in range(2):
+            with batch.open(tmp_path / f"f{index}", "wb") as file:
+                file.write(b"new")
+            files.append(file)
+        # f1's close handed the group (f0, f1) to the flusher, which is now inside f0's flush.
+        assert flushing.wait(5)
+        files[0].discard()
+    assert _contents(tmp_path) == {"f0": b"old", "f1": b"new"}
+    assert [Path(result.target).name for result in batch.results] == ["f1"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the POSIX strategy stages; Windows commits file by file")
+def test_an_exception_during_a_background_flush_discards_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The block raises while a group is being flushed: the batch waits for that flush, then
+    discards every file; nothing is published and no temp is left."""
+    import threading
+
+    from atomicwrite import _batch, _posix
+
+    flushing = threading.Event()
+    sync = _posix._sync
+
+    def slow_sync(fd: int) -> None:
+        if threading.current_thread().name == "atomicwrite-batch-flush":
+            flushing.set()
+            time.sleep(0.2)
+        sync(fd)
+
+    monkeypatch.setattr(_batch, "_WINDOW", 2)
+    monkeypatch.setattr(_posix, "_sync", slow_sync)
+    for index in range(3):
+        (tmp_path / f"f{index}").write_bytes(b"old")
+    with pytest.raises(RuntimeError, match="stop"), atomic_batch() as batch:
+        for index in range(3):
+            with batch.open(tmp_path / f"f{index}", "wb") as file:
+                file.write(b"new")
+        assert flushing.wait(5)
+        raise RuntimeError("stop")
+    assert _contents(tmp_path) == {f"f{index}": b"old" for index in range(3)}
+    assert batch.results == []
+
+
 @linux_only
 def test_descriptors_held_are_bounded_by_the_group(tmp_path: Path) -> None:
     from atomicwrite import _batch
@@ -275,14 +376,15 @@ def test_descriptors_held_are_bounded_by_the_group(tmp_path: Path) -> None:
 
     before = open_descriptors()
     most = 0
-    count = 3 * _batch._WINDOW + 5
+    count = 5 * _batch._WINDOW + 5
     with atomic_batch() as batch:
         for index in range(count):
             with batch.open(tmp_path / f"f{index}", "wb") as file:
                 file.write(b"x")
             most = max(most, open_descriptors() - before)
-    # A waiting file holds its temp and its directory open; no more than one group waits.
-    assert most <= 2 * _batch._WINDOW
+    # A finished file holds its temp and its directory open until it is flushed: at most one
+    # group fills while the one before it is flushed, however many files the batch writes.
+    assert most <= 4 * _batch._WINDOW
     assert open_descriptors() == before
     assert len(batch.results) == count
     assert _contents(tmp_path) == {f"f{index}": b"x" for index in range(count)}
