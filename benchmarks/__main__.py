@@ -30,7 +30,7 @@ from . import (
     streamed,
     torch_checkpoint,
 )
-from ._harness import ROOT, Context, MiB, Row, Target
+from ._harness import ROOT, Context, MiB, Row, Target, spread_subdirectories
 
 WORKLOADS = (streamed, small_replace, peers, batch, directory, torch_checkpoint, background, s3_upload, import_time)
 
@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory(dir=args.dir or Path.cwd(), prefix=".bench-") as name:
         directory = Path(name)
+        spread = spread_subdirectories(directory)
         context = Context(
             directory=directory,
             quick=quick,
@@ -109,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             s3_size=args.s3_size or (32 * MiB if quick else 512 * MiB),
         )
         info = _report.machine(directory)
+        if spread:
+            info["file system of the bench directory"] += "; each workload's directory in a block group of its own"
         for module in selected:
             print(f"running {module.TITLE}...", file=sys.stderr, flush=True)
             rows += module.run(context)

@@ -36,6 +36,35 @@ class Context:
     s3_size: int
 
 
+def spread_subdirectories(directory: Path) -> bool:
+    """Ask ext4 to place each new subdirectory of ``directory`` in a block group of its own (the
+    ``T`` attribute, as ``chattr +T`` sets it), as it does for top-level directories.
+
+    Without it, every workload's directory lands in the same group, and a row's new files are
+    allocated among the inodes that the rows before it freed: on ext4 without a journal, every
+    inode freed in the last minute or more is skipped, one by one, which made creating a file
+    cost 50-200 us instead of 10 us after the 4 KiB rows.  True if the attribute was set; False on
+    other systems and file systems, where it does not apply.
+    """
+    if sys.platform != "linux":
+        return False
+    import array
+    import fcntl
+
+    get_flags, set_flags, topdir = 0x80086601, 0x40086602, 0x00020000  # FS_IOC_*FLAGS, FS_TOPDIR_FL
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        flags = array.array("i", [0])
+        fcntl.ioctl(fd, get_flags, flags, True)
+        flags[0] |= topdir
+        fcntl.ioctl(fd, set_flags, flags, True)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
 @dataclass
 class Target:
     """One target of a row: what it asks, what was measured, whether it is met, and why not."""
