@@ -349,7 +349,10 @@ class PosixPendingWrite(PendingWrite):
                 self._temp = self._link_tmpfile_to_temp_name(fd)
         except BaseException as exc:
             self._abort(exc, "naming the temp file")
-        if self._options.durability != "none":
+
+    def start_flush(self) -> None:
+        fd = self._fd
+        if fd is not None and self._options.durability != "none":
             start_writeback(fd)
 
     def publish_staged(self, previous: PendingWrite | None = None) -> str | None:

@@ -122,6 +122,11 @@ class PendingWrite(ABC):
         nothing; on failure, discard and raise."""
         return
 
+    def start_flush(self) -> None:
+        """Start writing the content to storage without waiting (a hint, never a flush): a
+        batch calls it for every file of a group, then `stage` for each.  May do nothing."""
+        return
+
     def publish_staged(self, previous: PendingWrite | None = None) -> str | None:
         """Publish a staged write; return the directory whose flush is still due (None: none is).
 

@@ -479,7 +479,7 @@ def test_flushes_each_file_once_and_the_directory_once(tmp_path: Path) -> None:
     done = _run(work, "-e", "trace=fsync,fdatasync,sync_file_range,rename,renameat,renameat2", "-o", str(log))
     assert done.returncode == 0, done.stderr
     calls = [line.split("(")[0].split()[-1] for line in log.read_text().splitlines() if "(" in line]
-    # Each file's writeback is started as it closes; the flushes come once all are written.
+    # The flushes come once all are written: the group's writeback is started, then each is flushed.
     assert calls == ["sync_file_range"] * COUNT + ["fsync"] * COUNT + ["renameat"] * COUNT + ["fsync"]
     assert _contents(work) == {f"f{index}": _new(index) for index in range(COUNT)}
 
