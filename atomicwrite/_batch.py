@@ -101,7 +101,13 @@ class AtomicBatch:
         group, self._waiting = self._waiting, []
         self._flushing = group
         self._flusher = threading.Thread(target=self._flush_group, args=(group,), name="atomicwrite-batch-flush")
-        self._flusher.start()
+        try:
+            self._flusher.start()
+        except RuntimeError:
+            # No thread to be had (a process at its thread limit): the group is flushed here.
+            self._flusher = None
+            self._flushing = []
+            _flush(group)
 
     def _flush_group(self, group: list[PendingWrite]) -> None:
         try:
@@ -113,7 +119,10 @@ class AtomicBatch:
         """Wait for the group being flushed in the background, if any (its error is kept)."""
         flusher = self._flusher
         if flusher is not None:
-            flusher.join()
+            # Unstarted if an interrupt came between making the thread and starting it: then
+            # nothing flushes the group, and it is discarded with the rest of the batch.
+            if flusher.ident is not None:
+                flusher.join()
             self._flusher = None
             self._flushing = []
 

@@ -367,6 +367,29 @@ def test_an_exception_during_a_background_flush_discards_after_it(
     assert batch.results == []
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="the POSIX strategy stages; Windows commits file by file")
+def test_without_a_thread_the_groups_are_flushed_in_the_caller(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process at its thread limit still gets its batch: each group is flushed as it fills."""
+    import threading
+
+    from atomicwrite import _batch
+
+    def no_thread(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(_batch, "_WINDOW", 2)
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
+    with atomic_batch() as batch:
+        for index in range(5):
+            with batch.open(tmp_path / f"f{index}", "wb") as file:
+                file.write(b"new")
+            if index in (1, 3):
+                # The group just filled was flushed before the file's block ended.
+                assert all(file._pending._fd is None for file in batch._files)
+    assert _contents(tmp_path) == {f"f{index}": b"new" for index in range(5)}
+    assert len(batch.results) == 5
+
+
 @linux_only
 def test_descriptors_held_are_bounded_by_the_group(tmp_path: Path) -> None:
     from atomicwrite import _batch
