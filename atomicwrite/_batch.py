@@ -20,10 +20,10 @@ from ._strategy import PendingWrite
 
 __all__ = ["AtomicBatch", "BatchError", "atomic_batch"]
 
-# Finished files whose flush waits for more to come: their writeback starts as each one closes,
-# and they are flushed together once this many are waiting (or the batch ends).  Enough for the
-# file system to commit their data together, few enough to bound the descriptors held: two per
-# file, for the group filling and the group being flushed.
+# Finished files whose flush waits for more to come: they are flushed together once this many
+# are waiting (or the batch ends).  Enough for the file system to commit their data together,
+# few enough to bound the descriptors held: two per file, for the group filling and the group
+# being flushed.
 _WINDOW = 32
 
 
@@ -63,11 +63,13 @@ class AtomicBatch:
         self._state: Literal["open", "committed", "discarded"] = "open"
         # Finished files not yet flushed, oldest first.
         self._waiting: list[PendingWrite] = []
-        # The group being flushed in the background, the thread flushing it, and the error that
-        # stopped it (raised to the caller at the next hand-over or at the commit).
-        self._flushing: list[PendingWrite] = []
+        # The group handed to the background flusher and not yet taken, the thread, the lock
+        # held by whoever flushes that group, and the error that stopped its flush (raised to
+        # the caller at the next hand-over or at the commit).
+        self._handed_over: list[PendingWrite] = []
         self._flusher: threading.Thread | None = None
-        self._flush_error: BaseException | None = None
+        self._flush_lock = threading.Lock()
+        self._flush_error: Exception | None = None
 
     def _stage(self, file: AtomicBinaryFile) -> None:
         """Take a finished file: prepare it now (its temp is named), flush it with the next ones.
@@ -98,37 +100,49 @@ class AtomicBatch:
         """
         self._join_flusher()
         self._raise_flush_error()
-        group, self._waiting = self._waiting, []
-        self._flushing = group
-        self._flusher = threading.Thread(target=self._flush_group, args=(group,), name="atomicwrite-batch-flush")
+        self._handed_over, self._waiting = self._waiting, []
+        self._flusher = threading.Thread(target=self._flush_handed_over, name="atomicwrite-batch-flush")
         try:
             self._flusher.start()
         except RuntimeError:
             # No thread to be had (a process at its thread limit): the group is flushed here.
-            self._flusher = None
-            self._flushing = []
-            _flush(group)
+            self._join_flusher()
 
-    def _flush_group(self, group: list[PendingWrite]) -> None:
-        try:
-            _flush(group)
-        except BaseException as exc:
-            self._flush_error = exc
+    def _flush_handed_over(self) -> None:
+        """Flush the group handed over, if nobody has yet: the flusher thread's work, which the
+        caller does itself if it comes to wait before the thread took the group."""
+        with self._flush_lock:
+            group, self._handed_over = self._handed_over, []
+            try:
+                _flush(group)
+            except Exception as exc:
+                self._flush_error = exc
 
     def _join_flusher(self) -> None:
-        """Wait for the group being flushed in the background, if any (its error is kept)."""
+        """Wait until the group handed over is flushed (its error is kept).
+
+        The lock, not the thread, says who flushes the group: an interrupt can come while the
+        thread is being started, and the caller cannot tell then whether it will run.  Whoever
+        takes the lock first flushes the group; the other finds it gone.
+        """
         flusher = self._flusher
-        if flusher is not None:
-            # Unstarted if an interrupt came between making the thread and starting it: then
-            # nothing flushes the group, and it is discarded with the rest of the batch.
-            if flusher.ident is not None:
-                flusher.join()
-            self._flusher = None
-            self._flushing = []
+        if flusher is None:
+            return
+        self._flush_handed_over()
+        self._flusher = None
+        if flusher.is_alive():
+            # Only leaving, with nothing left to flush.
+            flusher.join()
 
     def _raise_flush_error(self) -> None:
+        """Raise the error that stopped a background flush; the batch is discarded first, since
+        it can no longer publish all its files."""
         error, self._flush_error = self._flush_error, None
         if error is not None:
+            try:
+                self.discard()
+            except Exception as cleanup_error:
+                _note_cleanup_failure(error, cleanup_error)
             raise error
 
     def _stage_waiting(self) -> None:
@@ -137,11 +151,12 @@ class AtomicBatch:
         _flush(group)
 
     def _settle(self, pending: PendingWrite) -> None:
-        """Forget ``pending`` (being discarded by its file) if it is still waiting; if it is being
-        flushed, wait for that first, so that the flush and the discard never touch it at once."""
+        """Forget ``pending`` (being discarded by its file) if it is still waiting; else it may be
+        in the group being flushed, and that flush finishes first, so that the flush and the
+        discard never touch it at once."""
         if pending in self._waiting:
             self._waiting.remove(pending)
-        elif pending in self._flushing:
+        else:
             self._join_flusher()
 
     @property
@@ -294,12 +309,17 @@ class AtomicBatch:
         try:
             self.discard()
         except Exception as cleanup_error:
-            add_note = getattr(exc, "add_note", None)  # Python 3.11+
-            if add_note is not None:
-                add_note(f"atomicwrite: discarding the batch also failed ({cleanup_error!r}); sweep() cleans up")
+            if exc is not None:
+                _note_cleanup_failure(exc, cleanup_error)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._state}, {len(self._files)} files>"
+
+
+def _note_cleanup_failure(error: BaseException, cleanup_error: Exception) -> None:
+    add_note = getattr(error, "add_note", None)  # Python 3.11+
+    if add_note is not None:
+        add_note(f"atomicwrite: discarding the batch also failed ({cleanup_error!r}); sweep() cleans up")
 
 
 def _flush(group: list[PendingWrite]) -> None:
@@ -339,7 +359,8 @@ def atomic_batch(*, durability: Durability = "full", accept_weaker_durability: b
     every file is renamed into place (in the order opened), then each directory is flushed
     once, after its last rename.  For n small files in one directory that is n + 1 flushes
     instead of 2n.  A flush that fails in the background is raised as the next group is handed
-    over (from the ``with`` block of the file that completes it) or when the batch ends.
+    over (from the ``with`` block of the file that completes it) or when the batch ends, and
+    the whole batch is discarded then.
 
     What is promised:
 

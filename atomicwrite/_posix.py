@@ -344,8 +344,8 @@ class PosixPendingWrite(PendingWrite):
         try:
             if self._temp is None:
                 # Named now rather than in stage(): a directory change between two flushes makes
-                # each of them commit the file system's journal on its own, so the batch keeps
-                # its directory changes out of the run of flushes.
+                # the second commit the file system's journal again, so a group's own names are
+                # made before its run of flushes, not between them.
                 self._temp = self._link_tmpfile_to_temp_name(fd)
         except BaseException as exc:
             self._abort(exc, "naming the temp file")

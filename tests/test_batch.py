@@ -368,6 +368,75 @@ def test_an_exception_during_a_background_flush_discards_after_it(
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="the POSIX strategy stages; Windows commits file by file")
+def test_a_background_flush_error_discards_the_whole_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Caught and ignored, the error of a background flush still leaves every target old: the
+    batch is discarded as the error is raised, and refuses new files and its commit."""
+    from atomicwrite import AtomicOSError, AtomicWriteError, _batch, _posix
+
+    monkeypatch.setattr(_batch, "_WINDOW", 2)
+    monkeypatch.setattr(_posix, "_sync", _failing_call(1, _posix._sync, OSError(errno.EIO, "Input/output error")))
+    for index in range(4):
+        (tmp_path / f"f{index}").write_bytes(b"old")
+    caught = []
+    with pytest.raises(AtomicWriteError, match="discarded"), atomic_batch() as batch:
+        for index in range(4):
+            try:
+                with batch.open(tmp_path / f"f{index}", "wb") as file:
+                    file.write(b"new")
+            except AtomicOSError as exc:
+                # The first group's flush failed in the background; the second's hand-over says so.
+                caught.append((index, str(exc)))
+        with pytest.raises(UsageError, match="discarded"):
+            batch.open(tmp_path / "late", "wb")
+    assert [index for index, _ in caught] == [3]
+    assert "flushing the temp file" in caught[0][1]
+    assert _contents(tmp_path) == {f"f{index}": b"old" for index in range(4)}
+    assert batch.results == []
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the POSIX strategy stages; Windows commits file by file")
+def test_an_interrupt_while_the_flusher_starts_never_lets_it_touch_discarded_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C lands inside Thread.start(): the thread exists but runs late, after the batch has
+    discarded its files.  The group goes to whoever takes it first, so the late thread finds
+    nothing to do instead of flushing descriptors that were closed (or reused) meanwhile."""
+    import threading
+
+    from atomicwrite import _batch
+
+    flush_handed_over = _batch.AtomicBatch._flush_handed_over
+    start = threading.Thread.start
+    late: list[threading.Thread] = []
+    failures: list[BaseException | None] = []
+
+    def late_flush(self: _batch.AtomicBatch) -> None:
+        if threading.current_thread().name == "atomicwrite-batch-flush":
+            time.sleep(0.1)
+        flush_handed_over(self)
+        failures.append(self._flush_error)
+
+    def interrupted_start(self: threading.Thread) -> None:
+        start(self)
+        late.append(self)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_batch, "_WINDOW", 2)
+    monkeypatch.setattr(_batch.AtomicBatch, "_flush_handed_over", late_flush)
+    monkeypatch.setattr(threading.Thread, "start", interrupted_start)
+    for index in range(2):
+        (tmp_path / f"f{index}").write_bytes(b"old")
+    with pytest.raises(KeyboardInterrupt), atomic_batch() as batch:
+        for index in range(2):
+            with batch.open(tmp_path / f"f{index}", "wb") as file:
+                file.write(b"new")
+    for thread in late:
+        thread.join(5)
+    assert failures == [None, None]
+    assert _contents(tmp_path) == {f"f{index}": b"old" for index in range(2)}
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the POSIX strategy stages; Windows commits file by file")
 def test_without_a_thread_the_groups_are_flushed_in_the_caller(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A process at its thread limit still gets its batch: each group is flushed as it fills."""
     import threading
