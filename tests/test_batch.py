@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -272,8 +273,6 @@ def test_a_failure_naming_a_temp_publishes_nothing(tmp_path: Path, monkeypatch: 
 def test_full_groups_are_flushed_in_the_background_before_anything_is_published(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import threading
-
     from atomicwrite import _batch, _posix
 
     events: list[tuple[str, str]] = []
@@ -302,11 +301,9 @@ def test_full_groups_are_flushed_in_the_background_before_anything_is_published(
     assert not any(thread.name == "atomicwrite-batch-flush" for thread in threading.enumerate())
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="the POSIX strategy stages; Windows commits file by file")
-def test_discarding_a_file_being_flushed_waits_for_its_flush(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A file discarded while the background flush has it must not be closed under the flush."""
-    import threading
-
+def _slow_background_flushes(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Two files per group, and each flush in the background thread takes 0.2 s more; the event
+    returned is set as the first of them starts."""
     from atomicwrite import _batch, _posix
 
     flushing = threading.Event()
@@ -320,6 +317,13 @@ def test_discarding_a_file_being_flushed_waits_for_its_flush(tmp_path: Path, mon
 
     monkeypatch.setattr(_batch, "_WINDOW", 2)
     monkeypatch.setattr(_posix, "_sync", slow_sync)
+    return flushing
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the POSIX strategy stages; Windows commits file by file")
+def test_discarding_a_file_being_flushed_waits_for_its_flush(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file discarded while the background flush has it must not be closed under the flush."""
+    flushing = _slow_background_flushes(monkeypatch)
     (tmp_path / "f0").write_bytes(b"old")
     with atomic_batch() as batch:
         files = []
@@ -340,21 +344,7 @@ def test_an_exception_during_a_background_flush_discards_after_it(
 ) -> None:
     """The block raises while a group is being flushed: the batch waits for that flush, then
     discards every file; nothing is published and no temp is left."""
-    import threading
-
-    from atomicwrite import _batch, _posix
-
-    flushing = threading.Event()
-    sync = _posix._sync
-
-    def slow_sync(fd: int) -> None:
-        if threading.current_thread().name == "atomicwrite-batch-flush":
-            flushing.set()
-            time.sleep(0.2)
-        sync(fd)
-
-    monkeypatch.setattr(_batch, "_WINDOW", 2)
-    monkeypatch.setattr(_posix, "_sync", slow_sync)
+    flushing = _slow_background_flushes(monkeypatch)
     for index in range(3):
         (tmp_path / f"f{index}").write_bytes(b"old")
     with pytest.raises(RuntimeError, match="stop"), atomic_batch() as batch:
@@ -401,8 +391,6 @@ def test_an_interrupt_while_the_flusher_starts_never_lets_it_touch_discarded_fil
     """Ctrl-C lands inside Thread.start(): the thread exists but runs late, after the batch has
     discarded its files.  The group goes to whoever takes it first, so the late thread finds
     nothing to do instead of flushing descriptors that were closed (or reused) meanwhile."""
-    import threading
-
     from atomicwrite import _batch
 
     flush_handed_over = _batch.AtomicBatch._flush_handed_over
@@ -439,8 +427,6 @@ def test_an_interrupt_while_the_flusher_starts_never_lets_it_touch_discarded_fil
 @pytest.mark.skipif(sys.platform == "win32", reason="the POSIX strategy stages; Windows commits file by file")
 def test_without_a_thread_the_groups_are_flushed_in_the_caller(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A process at its thread limit still gets its batch: each group is flushed as it fills."""
-    import threading
-
     from atomicwrite import _batch
 
     def no_thread(self: threading.Thread) -> None:
