@@ -156,9 +156,14 @@ def _discard_after(file: AtomicBinaryFile | AtomicTextFile, error: BaseException
     except Exception as cleanup_error:
         # Whatever the discard left behind is recognisable, and sweep() removes it; the error
         # that stopped the write is the one the caller needs to see.
-        add_note = getattr(error, "add_note", None)  # Python 3.11+
-        if add_note is not None:
-            add_note(f"atomicwrite: discarding the write also failed ({cleanup_error!r}); sweep() cleans up")
+        _note_cleanup_failure(error, cleanup_error, "the write")
+
+
+def _note_cleanup_failure(error: BaseException, cleanup_error: Exception, what: str) -> None:
+    """Tell, on ``error``, that discarding ``what`` after it failed too (Python 3.11+ notes)."""
+    add_note = getattr(error, "add_note", None)
+    if add_note is not None:
+        add_note(f"atomicwrite: discarding {what} also failed ({cleanup_error!r}); sweep() cleans up")
 
 
 class AtomicTextFile(io.TextIOWrapper):

@@ -13,7 +13,16 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Literal, overload
 
-from ._api import AtomicBinaryFile, AtomicTextFile, BinaryMode, Target, TextMode, _discard_after, atomic_open
+from ._api import (
+    AtomicBinaryFile,
+    AtomicTextFile,
+    BinaryMode,
+    Target,
+    TextMode,
+    _discard_after,
+    _note_cleanup_failure,
+    atomic_open,
+)
 from ._errors import AtomicWriteError, DurabilityError, UsageError
 from ._result import CommitResult, Durability
 from ._strategy import PendingWrite
@@ -142,7 +151,7 @@ class AtomicBatch:
             try:
                 self.discard()
             except Exception as cleanup_error:
-                _note_cleanup_failure(error, cleanup_error)
+                _note_cleanup_failure(error, cleanup_error, "the batch")
             raise error
 
     def _stage_waiting(self) -> None:
@@ -310,16 +319,10 @@ class AtomicBatch:
             self.discard()
         except Exception as cleanup_error:
             if exc is not None:
-                _note_cleanup_failure(exc, cleanup_error)
+                _note_cleanup_failure(exc, cleanup_error, "the batch")
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._state}, {len(self._files)} files>"
-
-
-def _note_cleanup_failure(error: BaseException, cleanup_error: Exception) -> None:
-    add_note = getattr(error, "add_note", None)  # Python 3.11+
-    if add_note is not None:
-        add_note(f"atomicwrite: discarding the batch also failed ({cleanup_error!r}); sweep() cleans up")
 
 
 def _flush(group: list[PendingWrite]) -> None:

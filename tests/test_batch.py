@@ -694,3 +694,23 @@ def test_atomic_open_outside_a_batch_is_unchanged(tmp_path: Path) -> None:
         file.write(b"p")
     assert file.result is not None
     assert file.result.durability == "full"
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="exception notes are Python 3.11+")
+def test_a_failing_cleanup_is_noted_on_the_error_that_stopped_the_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from atomicwrite import _batch
+
+    def failing_discard(self: AtomicBatch) -> None:
+        raise OSError(errno.EIO, "cleanup failed")
+
+    monkeypatch.setattr(_batch.AtomicBatch, "discard", failing_discard)
+    with pytest.raises(RuntimeError, match="stop") as caught, atomic_batch() as batch:
+        with batch.open(tmp_path / "a", "wb") as file:
+            file.write(b"new")
+        raise RuntimeError("stop")
+    assert any("discarding the batch also failed" in note for note in getattr(caught.value, "__notes__", []))
+    monkeypatch.undo()
+    batch.discard()
+    assert list(tmp_path.iterdir()) == []
