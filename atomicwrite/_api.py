@@ -82,7 +82,8 @@ class AtomicBinaryFile(io.BufferedWriter):
             self._result = exc.result
             raise
         finally:
-            self._release()
+            if self._lock is not None:
+                self._release()
         return self._result
 
     def _stage(self) -> None:
@@ -128,13 +129,13 @@ class AtomicBinaryFile(io.BufferedWriter):
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if exc_type is None and not self.discarded:
+        if exc_type is not None:
+            _discard_after(self, exc)
+        elif not self._finished:
             if self._batch is None:
                 self.commit()
             else:
                 self._stage()
-        else:
-            _discard_after(self, exc)
 
     @property
     def discarded(self) -> bool:

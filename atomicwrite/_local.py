@@ -65,6 +65,20 @@ def host_tag() -> str:
     return _host_tag
 
 
+# ".aw{host}.{pid}." of this process, built once: os.getpid() is a system call each time, and
+# every replace makes a temp name.  A forked child builds its own.
+_process_tag: str | None = None
+
+
+def _forked() -> None:
+    global _process_tag
+    _process_tag = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
+
+
 def _fit(name: str, room: int) -> str:
     """``name`` cut to at most ``room`` bytes of UTF-8, never splitting a character."""
     encoded = name.encode("utf-8", "surrogateescape")
@@ -80,8 +94,13 @@ def temp_name(name: str, suffix: str = _SUFFIX) -> str:
     directory and ``.link`` for a symlink about to replace another: sweep() removes only a
     regular file as a ``.tmp``, only a directory as a ``.stage``, only a symlink as a ``.link``.
     """
-    tail = f".aw{host_tag()}.{os.getpid()}.{os.urandom(4).hex()}{suffix}"
-    return "." + _fit(name, NAME_MAX - 1 - len(tail)) + tail
+    global _process_tag
+    if _process_tag is None:
+        _process_tag = f".aw{host_tag()}.{os.getpid()}."
+    tail = f"{_process_tag}{os.urandom(4).hex()}{suffix}"
+    room = NAME_MAX - 1 - len(tail)
+    # A character is at most four bytes of UTF-8: most names fit without being encoded.
+    return "." + (name if len(name) * 4 <= room else _fit(name, room)) + tail
 
 
 def parse_temp_name(entry: str) -> tuple[str, int] | None:

@@ -119,12 +119,43 @@ def _load_rename_exclusive() -> tuple[Callable[[int, bytes, int, bytes, int], in
     return (_rename_exclusive, flag) if callable(_rename_exclusive) else (None, 0)
 
 
-# Every flush goes through one function; tests replace _sync here to fail or count them.
-_sync = flush_to_disk
+def _lock_named_temp(fd: int) -> None:
+    """Lock a temp file that has a name in the directory, for as long as it stays open.
+
+    Held for the writer's lifetime, released by the kernel when it dies: this is how sweep()
+    tells a live writer's temp from a dead one's.  Blocking, because a sweep may hold it for an
+    instant while it checks a brand-new temp.  An unnamed O_TMPFILE needs none: sweep cannot
+    see it, and a commit names it only for the instant between its link and its rename, most of
+    which it spends closed (a lock would end at that close anyway).
+    """
+    fcntl.flock(fd, fcntl.LOCK_EX)
+
+
+# Every flush goes through one name; tests replace _sync here to fail or count them.  On Linux
+# it is os.fsync itself: flush_to_disk differs from it only on macOS, and a replace makes two
+# flushes, each through a call less.
+_sync = os.fsync if sys.platform == "linux" else flush_to_disk
 
 
 class PosixPendingWrite(PendingWrite):
     """A write in flight under the POSIX protocol."""
+
+    # Slots: one of these is built for every write, and a slotted instance is built faster.
+    __slots__ = (
+        "_dir_fd",
+        "_directory",
+        "_directory_identity",
+        "_done",
+        "_fd",
+        "_location",
+        "_name",
+        "_options",
+        "_strategy_name",
+        "_stream",
+        "_target",
+        "_temp",
+        "_version",
+    )
 
     def __init__(
         self,
@@ -231,17 +262,24 @@ class PosixPendingWrite(PendingWrite):
         flushed = True
         try:
             if self._options.durability == "full":
-                flushed = self.flush_directory()
-        except BaseException:
+                assert self._dir_fd is not None
+                flushed = self._sync_directory(self._dir_fd)
+        finally:
             self._close_directory()
-            raise
         return self._result(version, flushed)
 
     def flush_directory(self) -> bool:
         dir_fd = self._dir_fd
-        reopened = dir_fd is None
-        if dir_fd is None:
-            dir_fd = self._reopen_directory("flushing the directory")
+        if dir_fd is not None:
+            return self._sync_directory(dir_fd)
+        dir_fd = self._reopen_directory("flushing the directory")
+        try:
+            return self._sync_directory(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def _sync_directory(self, dir_fd: int) -> bool:
+        """Flush the directory; False where its file system cannot (CIFS, vboxsf...)."""
         try:
             # The rename lives in the directory; until the directory is flushed a power loss can
             # bring back the old name (or, for a new file, no name at all).
@@ -250,9 +288,6 @@ class PosixPendingWrite(PendingWrite):
             if exc.errno not in _NO_DIR_FSYNC:
                 raise os_error(exc, self._location, "flushing the directory") from exc
             return False
-        finally:
-            if reopened:
-                os.close(dir_fd)
         return True
 
     def _reopen_directory(self, step: str) -> int:
@@ -283,7 +318,6 @@ class PosixPendingWrite(PendingWrite):
                 pass
 
     def _result(self, version: LocalVersion, directory_flushed: bool) -> CommitResult:
-        self._close_directory()
         options = self._options
         achieved: Durability = options.durability
         if achieved == "full" and not directory_flushed:
@@ -345,7 +379,9 @@ class PosixPendingWrite(PendingWrite):
             if self._temp is None:
                 # Named now rather than in stage(): a directory change between two flushes makes
                 # the second commit the file system's journal again, so a group's own names are
-                # made before its run of flushes, not between them.
+                # made before its run of flushes, not between them.  It stays named and open
+                # until stage(), so it is locked first, like a temp named from the start.
+                _lock_named_temp(fd)
                 self._temp = self._link_tmpfile_to_temp_name(fd)
         except BaseException as exc:
             self._abort(exc, "naming the temp file")
@@ -393,6 +429,7 @@ class PosixPendingWrite(PendingWrite):
 
     def finish_staged(self, directory_flushed: bool) -> CommitResult:
         assert self._version is not None
+        self._close_directory()
         return self._result(self._version, directory_flushed)
 
     def _link_tmpfile(self, fd: int, name: str) -> None:
@@ -495,14 +532,14 @@ class PosixStrategy(LocalStrategy):
             target = self.resolve(location, follow_symlinks=True)
             directory, dir_fd, name, old = self._open_directory(target, location)
         try:
-            self.vet_existing(old, location, options)
+            if not (old is None or stat.S_ISREG(old.st_mode)) or options.exclusive or options.if_match is not None:
+                # Most writes create a file or replace a regular one, with nothing to compare.
+                self.vet_existing(old, location, options)
             fd, temp = self._create_temp(dir_fd, name, location)
             try:
                 self._set_owner_and_mode(fd, old, options)
-                # Held for the writer's lifetime, released by the kernel when it dies: this is
-                # how sweep() tells a live writer's temp from a dead one's.  Blocking, because a
-                # sweep may hold it for an instant while it checks a brand-new temp.
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                if temp is not None:
+                    _lock_named_temp(fd)
             except BaseException:
                 os.close(fd)
                 if temp is not None:

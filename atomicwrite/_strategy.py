@@ -94,6 +94,8 @@ class WriteOptions(Record):
 class PendingWrite(ABC):
     """One write in flight: bytes go to `stream`; then exactly one of commit or discard."""
 
+    __slots__ = ()
+
     @property
     @abstractmethod
     def stream(self) -> io.RawIOBase:

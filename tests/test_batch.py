@@ -491,6 +491,22 @@ def test_a_handed_over_file_frees_its_write_buffer(tmp_path: Path) -> None:
     assert _contents(tmp_path) == {f"f{index}": b"x" * 100 for index in range(count)}
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="sweep tells a live writer by its flock on POSIX")
+def test_a_handed_over_file_is_never_swept_from_under_its_batch(tmp_path: Path) -> None:
+    """A file handed to the batch is named in its directory until the batch publishes it.  A
+    sweep that finds it, however old it looks, must leave it to its live writer: the lock on
+    it, not its age, tells that writer is alive."""
+    (tmp_path / "data.bin").write_bytes(b"old")
+    with atomic_batch() as batch:
+        with batch.open(tmp_path / "data.bin", "wb") as file:
+            file.write(b"new")
+        (temp,) = [entry for entry in os.listdir(tmp_path) if entry != "data.bin"]
+        day_ago = time.time() - 86_400
+        os.utime(tmp_path / temp, (day_ago, day_ago))
+        assert sweep(tmp_path, older_than=0) == []
+    assert _contents(tmp_path) == {"data.bin": b"new"}
+
+
 def test_a_directory_swapped_during_the_batch_is_refused(tmp_path: Path) -> None:
     """Staged files close their directory until they publish; the one reopened must be the same."""
     directory = tmp_path / "data"

@@ -29,7 +29,7 @@ from atomicwrite import (
     atomic_open,
     atomic_save,
 )
-from atomicwrite._local import host_tag, parse_temp_name
+from atomicwrite._local import host_tag, parse_temp_name, temp_name
 from tests._workers import INITIAL_WRITER, ROOT, collect, payload, release, spawn, touch, verify
 from tests.conftest import listing
 
@@ -440,6 +440,27 @@ def test_planted_symlink_at_the_temp_name_is_never_followed(
         assert stat.S_IMODE(victim.stat().st_mode) == 0o644
     assert os.readlink(planted) == str(victim)
     assert listing(workdir) == sorted([planted.name, "target"])
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX")
+def test_a_forked_child_names_its_temps_with_its_own_pid() -> None:
+    """The pid in temp names is kept per process (sweep judges a writer's liveness by it): a
+    forked child must name its temps with its own pid, not the one its parent cached."""
+    temp_name("x")  # the parent's part of the names is built before the fork
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            os.write(write_end, "\n".join(temp_name("x") for _ in range(16)).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        child_names = pipe.read().decode().split("\n")
+    os.waitpid(child, 0)
+    assert len(child_names) == 16
+    assert {parse_temp_name(name) for name in child_names} == {(host_tag(), child)}
+    assert parse_temp_name(temp_name("x")) == (host_tag(), os.getpid())
 
 
 POLLER = r"""
