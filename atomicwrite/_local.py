@@ -37,6 +37,7 @@ __all__ = [
     "parse_staging_name",
     "parse_temp_name",
     "temp_name",
+    "temp_stream",
 ]
 
 # The longest file name most file systems accept (ext4, XFS, APFS, NTFS: 255).
@@ -219,21 +220,31 @@ def require_version(location: str, expected: object, current: LocalVersion | Non
 
 class TempFileStream(io.FileIO):
     """A temp file's raw stream: a failed write (ENOSPC, EFBIG, EDQUOT, EIO...) raises the error
-    hierarchy's OSError (NoSpaceError...) naming the target, like every other step."""
+    hierarchy's OSError (NoSpaceError...) naming the target, like every other step.  Made by
+    ``temp_stream``."""
 
-    def __init__(self, fd: int, location: str, progress: ProgressCallback | None = None) -> None:
-        super().__init__(fd, "wb", closefd=False)
-        self._location = location
-        self._progress = progress
+    # Class defaults, set per stream by temp_stream: FileIO's own constructor builds the stream,
+    # since a Python __init__ (through super()) cost every write about 2 us more.
+    _location: str = ""
+    _progress: ProgressCallback | None = None
 
     def write(self, data: Buffer, /) -> int:
         try:
-            written = super().write(data)
+            written = io.FileIO.write(self, data)
         except OSError as exc:
             raise os_error(exc, self._location, "writing the temp file") from exc
         if self._progress is not None and written:
             self._progress.relative_update(written)
         return written
+
+
+def temp_stream(fd: int, location: str, progress: ProgressCallback | None) -> TempFileStream:
+    """The raw stream over the temp file ``fd`` of a write to ``location``; ``fd`` stays open."""
+    stream = TempFileStream(fd, "wb", closefd=False)
+    stream._location = location
+    if progress is not None:
+        stream._progress = progress
+    return stream
 
 
 class _PortalockerLock(TargetLock):

@@ -37,12 +37,12 @@ from ._errors import (
 from ._local import (
     FRESH_TEMP_GRACE,
     LocalStrategy,
-    TempFileStream,
     flush_to_disk,
     names_a_directory,
     require_version,
     start_writeback,
     temp_name,
+    temp_stream,
 )
 from ._result import CommitResult, Durability, LocalVersion
 from ._strategy import PendingWrite, WriteOptions
@@ -180,7 +180,7 @@ class PosixPendingWrite(PendingWrite):
         self._temp = temp
         self._options = options
         self._strategy_name = strategy_name
-        self._stream = TempFileStream(fd, location, options.progress)
+        self._stream = temp_stream(fd, location, options.progress)
         self._done = False
         self._version: LocalVersion | None = None
         # A staged write closes its directory until it publishes (a batch may stage thousands of

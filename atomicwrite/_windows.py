@@ -56,7 +56,7 @@ from ._errors import (
     UnsupportedTargetError,
     os_error,
 )
-from ._local import FRESH_TEMP_GRACE, LocalStrategy, TempFileStream, require_version, temp_name
+from ._local import FRESH_TEMP_GRACE, LocalStrategy, require_version, temp_name, temp_stream
 from ._result import CommitResult, Durability, LocalVersion
 from ._strategy import PendingWrite, WriteOptions
 
@@ -378,7 +378,7 @@ class WindowsPendingWrite(PendingWrite):
         self._temp: str | None = temp
         self._use_replace_file = use_replace_file
         self._options = options
-        self._stream = TempFileStream(fd, location, options.progress)
+        self._stream = temp_stream(fd, location, options.progress)
         self._done = False
         # Set when ReplaceFileW may have removed the old file and the new content exists only
         # under the temp name: then a failure must keep the temp, never delete it.
