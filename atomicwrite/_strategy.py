@@ -214,14 +214,13 @@ def split_protocol(target: str) -> tuple[str, str]:
 
 def resolve_target(target: str | os.PathLike[str]) -> tuple[Strategy, str]:
     """Choose the strategy for ``target`` and return it with the location it should be given."""
-    if isinstance(target, str):
-        text = target
-    elif isinstance(target, os.PathLike):
+    # os.fspath, not isinstance(target, os.PathLike): the ABC check costs a Path target more.
+    try:
         text = os.fspath(target)
-        if not isinstance(text, str):
-            raise UsageError(f"target must be a str path, not {type(text).__name__}")
-    else:
-        raise UsageError(f"target must be a str or os.PathLike[str], not {type(target).__name__}")
+    except TypeError:
+        raise UsageError(f"target must be a str or os.PathLike[str], not {type(target).__name__}") from None
+    if not isinstance(text, str):
+        raise UsageError(f"target must be a str path, not {type(text).__name__}")
     if not text:
         raise UsageError("target is an empty path")
     # A plain path (most targets) skips the parsing.

@@ -512,9 +512,16 @@ def test_bad_newline_and_exclusive_if_match(workdir: Path) -> None:
     assert listing(workdir) == []
 
 
-@pytest.mark.parametrize("target", [b"/tmp/bytes", 42, None, ""])
+class _BytesPath:
+    """A path-like object whose path is bytes."""
+
+    def __fspath__(self) -> bytes:
+        return b"/tmp/bytes"
+
+
+@pytest.mark.parametrize("target", [b"/tmp/bytes", _BytesPath(), 42, None, ""])
 def test_bad_targets(target: Any) -> None:
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError, match="target"):
         atomic_open(target, "wb")
 
 
