@@ -1,8 +1,8 @@
 """4 KiB durable replace, many times in a row, against the floor: the same two fsyncs in plain os calls.
 
 The floor writes a named temp, fsyncs it, renames it over the target and fsyncs the directory;
-ours adds what the guarantees need (symlink resolution, the old mode, an O_TMPFILE temp locked
-for sweep, its version).  500 replaces per sample; CPU time per op is reported beside.
+ours adds what the guarantees need (symlink resolution, the old mode, an O_TMPFILE temp named
+through /proc, its version).  500 replaces per sample; CPU time per op is reported beside.
 """
 
 from __future__ import annotations
