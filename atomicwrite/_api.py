@@ -613,7 +613,9 @@ def sweep(
 
     Only this library's own leftovers are touched, recognised by their name: never a user's
     file, and never the temp of a writer that is still running.  On this host a writer's
-    liveness is known for sure (its temp stays locked while it runs).  A leftover whose writer
+    liveness is known for sure (its temp stays locked while it runs; a file of an
+    [`atomic_batch`][atomicwrite.atomic_batch] waiting, flushed, for the batch's publish step is
+    not, see there).  A leftover whose writer
     cannot be checked (written from another host, or whose pid was reused) is removed once it
     has not been modified for ``older_than`` (seconds or a ``timedelta``; one hour by default).
     Returns the paths removed (with ``dry_run``, the

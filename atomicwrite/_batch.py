@@ -382,6 +382,11 @@ def atomic_batch(*, durability: Durability = "full", accept_weaker_durability: b
     [`BatchError`][atomicwrite.BatchError] says which is which.  Readers that need the set to
     change at once should read a manifest written after the batch (see the PyTorch page).
 
+    A flushed file waits for the publish step under a temp name, closed, so no longer locked
+    against [`sweep`][atomicwrite.sweep]: a sweep removes it if it was last written longer ago
+    than the sweep's ``older_than``, and the batch then fails with `BatchError`.  Do not sweep a
+    directory with a short ``older_than`` while a long batch writes into it.
+
     Args:
         durability: the default for the files of the batch (see [`atomic_open`][atomicwrite.atomic_open]).
         accept_weaker_durability: the default for the files of the batch.

@@ -120,13 +120,12 @@ def _load_rename_exclusive() -> tuple[Callable[[int, bytes, int, bytes, int], in
 
 
 def _lock_named_temp(fd: int) -> None:
-    """Lock a temp file that has a name in the directory, for as long as it stays open.
+    """Lock a temp file before it gets a name in the directory, for as long as it stays open.
 
     Held for the writer's lifetime, released by the kernel when it dies: this is how sweep()
     tells a live writer's temp from a dead one's.  Blocking, because a sweep may hold it for an
-    instant while it checks a brand-new temp.  An unnamed O_TMPFILE needs none: sweep cannot
-    see it, and a commit names it only for the instant between its link and its rename, most of
-    which it spends closed (a lock would end at that close anyway).
+    instant while it checks a brand-new temp.  An unnamed O_TMPFILE is locked only when it is
+    about to be named: until then sweep cannot see it, and most writes are done by then.
     """
     fcntl.flock(fd, fcntl.LOCK_EX)
 
@@ -379,9 +378,7 @@ class PosixPendingWrite(PendingWrite):
             if self._temp is None:
                 # Named now rather than in stage(): a directory change between two flushes makes
                 # the second commit the file system's journal again, so a group's own names are
-                # made before its run of flushes, not between them.  It stays named and open
-                # until stage(), so it is locked first, like a temp named from the start.
-                _lock_named_temp(fd)
+                # made before its run of flushes, not between them.
                 self._temp = self._link_tmpfile_to_temp_name(fd)
         except BaseException as exc:
             self._abort(exc, "naming the temp file")
@@ -438,6 +435,7 @@ class PosixPendingWrite(PendingWrite):
         os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=self._dir_fd, follow_symlinks=True)
 
     def _link_tmpfile_to_temp_name(self, fd: int) -> str:
+        _lock_named_temp(fd)
         while True:
             candidate = temp_name(self._name)
             try:
@@ -577,9 +575,13 @@ class PosixStrategy(LocalStrategy):
             return parent, dir_fd, name, os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError:
             return parent, dir_fd, name, None
-        except OSError as exc:
+        except BaseException as exc:
+            # Not only OSError: a name the file system encoding cannot encode (a lone surrogate)
+            # raises UnicodeEncodeError here, and the directory must not leak with it.
             os.close(dir_fd)
-            raise os_error(exc, location, "reading the target's status") from exc
+            if isinstance(exc, OSError):
+                raise os_error(exc, location, "reading the target's status") from exc
+            raise
 
     def _create_temp(self, dir_fd: int, name: str, location: str) -> tuple[int, str | None]:
         """Open a new temp file in the directory: ``(fd, name)``, name None for O_TMPFILE."""

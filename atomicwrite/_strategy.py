@@ -217,8 +217,8 @@ def resolve_target(target: str | os.PathLike[str]) -> tuple[Strategy, str]:
     # os.fspath, not isinstance(target, os.PathLike): the ABC check costs a Path target more.
     try:
         text = os.fspath(target)
-    except TypeError:
-        raise UsageError(f"target must be a str or os.PathLike[str], not {type(target).__name__}") from None
+    except TypeError as exc:  # chained: a path-like object's own __fspath__ may have failed
+        raise UsageError(f"target must be a str or os.PathLike[str], not {type(target).__name__}") from exc
     if not isinstance(text, str):
         raise UsageError(f"target must be a str path, not {type(text).__name__}")
     if not text:

@@ -492,10 +492,11 @@ def test_a_handed_over_file_frees_its_write_buffer(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="sweep tells a live writer by its flock on POSIX")
-def test_a_handed_over_file_is_never_swept_from_under_its_batch(tmp_path: Path) -> None:
-    """A file handed to the batch is named in its directory until the batch publishes it.  A
-    sweep that finds it, however old it looks, must leave it to its live writer: the lock on
-    it, not its age, tells that writer is alive."""
+def test_a_handed_over_file_waiting_for_its_flush_is_never_swept(tmp_path: Path) -> None:
+    """A file handed to the batch is named in its directory, and stays open until its group is
+    flushed.  A sweep that finds it then, however old it looks, must leave it to its live
+    writer: the lock on it, not its age, tells that writer is alive.  (Once flushed and closed,
+    only its age protects it; atomic_batch's documentation says so.)"""
     (tmp_path / "data.bin").write_bytes(b"old")
     with atomic_batch() as batch:
         with batch.open(tmp_path / "data.bin", "wb") as file:

@@ -525,6 +525,17 @@ def test_bad_targets(target: Any) -> None:
         atomic_open(target, "wb")
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="counts descriptors in /proc/self/fd")
+def test_a_name_the_file_system_cannot_encode_leaks_nothing(workdir: Path) -> None:
+    """A lone surrogate cannot be encoded to a file name: the write fails as open() does,
+    after the directory was opened, which must then be closed again."""
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(UnicodeEncodeError):
+        atomic_open(workdir / "bad\ud800name", "wb")
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert listing(workdir) == []
+
+
 def test_unknown_protocol() -> None:
     with pytest.raises(UnsupportedTargetError, match="nosuchproto"):
         atomic_open("nosuchproto://bucket/key", "wb")

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +27,7 @@ import atomicwrite
 from atomicwrite import (
     AtomicOSError,
     TargetNotFoundError,
+    _posix,
     atomic_open,
     atomic_save,
 )
@@ -65,6 +67,7 @@ def _open_fds() -> int:
 TIMED_WRITER = r"""
 import sys, time
 from pathlib import Path
+from typing import Any
 
 from tests import _variant
 
@@ -440,6 +443,34 @@ def test_planted_symlink_at_the_temp_name_is_never_followed(
         assert stat.S_IMODE(victim.stat().st_mode) == 0o644
     assert os.readlink(planted) == str(victim)
     assert listing(workdir) == sorted([planted.name, "target"])
+
+
+def test_a_commit_naming_its_temp_is_never_swept(
+    workdir: Path, local_variant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit names its O_TMPFILE just before closing and renaming it.  A sweep that finds the
+    name then, however long ago the content was written, must leave it: the temp is locked
+    before it gets its name."""
+    if local_variant != "o_tmpfile":
+        pytest.skip("a named temp is locked from its creation (test_sweep_removes_only_dead_leftovers)")
+
+    target = workdir / "target"
+    target.write_bytes(b"old")
+    real_link = _posix.PosixPendingWrite._link_tmpfile
+    swept: list[list[str]] = []
+
+    def link_then_sweep(self: Any, fd: int, name: str) -> None:
+        real_link(self, fd, name)
+        day_ago = time.time() - 86_400
+        os.utime(workdir / name, (day_ago, day_ago))  # written long ago, as far as mtime tells
+        swept.append(atomicwrite.sweep(workdir, older_than=60))
+
+    monkeypatch.setattr(_posix.PosixPendingWrite, "_link_tmpfile", link_then_sweep)
+    with atomic_open(target, "wb") as file:
+        file.write(b"new")
+    assert swept == [[]]
+    assert target.read_bytes() == b"new"
+    assert listing(workdir) == ["target"]
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX")
