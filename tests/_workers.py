@@ -226,6 +226,9 @@ def read_only(directory: str, warmup: str) -> None:
 
 def interruptible(target: str) -> None:
     """Write to ``target`` slowly until interrupted; says "ready" once bytes reached the temp."""
+    # Python's own Ctrl-C handler, even if SIGINT came ignored: a shell without job control
+    # starts background jobs (a test run among them) with SIGINT ignored, and passes that on.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     deadline = time.monotonic() + 60
     with atomic_open(target, "wb") as file:
         file.write(b"n" * 4096)

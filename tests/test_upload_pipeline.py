@@ -86,6 +86,9 @@ def test_interrupt_while_waiting_for_a_part_aborts_after_it(scripted: Any) -> No
     strategy = scripted(ScriptedBackend(events, part_delay=0.6))
     timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT))
     file = atomic_open("memory://b/obj", "wb")
+    # Python's own Ctrl-C handler, even if this run started with SIGINT ignored (a background
+    # job of a shell without job control).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer.start()
     try:
         with pytest.raises(KeyboardInterrupt), file:
@@ -93,6 +96,7 @@ def test_interrupt_while_waiting_for_a_part_aborts_after_it(scripted: Any) -> No
                 file.write(b"x" * PART)  # the second part waits for the first's slot
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     assert events.index("part 1 stored") < events.index("abort")
     assert "complete" not in events
     assert strategy.markers == []
