@@ -296,7 +296,11 @@ class LocalStrategy(Strategy):
     @staticmethod
     def vet_existing(old: os.stat_result | None, location: str, options: WriteOptions) -> None:
         """Refuse to replace what must not be (a directory, a device; anything, when exclusive),
-        and check ``if_match`` against the current target's status (``old``, None if absent)."""
+        and check ``if_match`` against the current target's status (``old``, None if absent).
+
+        PosixStrategy.begin skips the call where it has nothing to do (a new or regular target,
+        neither exclusive nor if_match): a check added here must be reflected there.
+        """
         if old is not None:
             if stat.S_ISDIR(old.st_mode):
                 raise TargetIsADirectoryError(errno.EISDIR, f"cannot write {location!r}: it is a directory", location)

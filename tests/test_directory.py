@@ -745,6 +745,48 @@ def test_directories_and_links_flush_like_files_do(tmp_path: Path, monkeypatch: 
     assert Path(latest / "weights.bin").read_bytes() == bytes([2]) * 64
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="the POSIX strategy")
+def test_single_files_flush_like_directories_do_on_macos(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The POSIX strategy picks its flush when it is imported (plain fsync on Linux): imported
+    on macOS, a single file's flushes, of the file and of its directory, ask for F_FULLFSYNC."""
+    import fcntl
+    import importlib.util
+
+    import atomicwrite._posix as posix_module
+    from atomicwrite._strategy import WriteOptions
+
+    full_flushes: list[int] = []
+    real_fcntl = fcntl.fcntl
+
+    def recording_fcntl(fd: int, command: int, *args: Any) -> Any:
+        if command == FULLFSYNC:
+            full_flushes.append(fd)
+            return 0
+        return real_fcntl(fd, command, *args)
+
+    def bare_fsync(fd: int) -> None:
+        raise AssertionError("a plain fsync where F_FULLFSYNC was due")
+
+    FULLFSYNC = 51  # macOS's value; Linux has none
+    monkeypatch.setattr(fcntl, "F_FULLFSYNC", FULLFSYNC, raising=False)
+    monkeypatch.setattr(fcntl, "fcntl", recording_fcntl)
+    monkeypatch.setattr(os, "fsync", bare_fsync)
+    monkeypatch.setattr(sys, "platform", "darwin")
+    spec = importlib.util.spec_from_file_location("atomicwrite._posix_on_macos", posix_module.__file__)
+    assert spec is not None
+    assert spec.loader is not None
+    as_on_macos = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(as_on_macos)
+    target = tmp_path / "model.bin"
+    write = as_on_macos.PosixStrategy(use_tmpfile=False).begin(str(target), WriteOptions())
+    write.stream.write(b"weights")
+    result = write.commit()
+    monkeypatch.undo()
+    assert result.durability == "full"
+    assert len(full_flushes) == 2  # the file, then its directory
+    assert target.read_bytes() == b"weights"
+
+
 def test_flush_falls_back_to_fsync_where_full_flush_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     fcntl = pytest.importorskip("fcntl")
     from atomicwrite._local import flush_to_disk
