@@ -709,10 +709,9 @@ def test_each_process_describes_the_files_it_declared(place: Place) -> None:
 # --- one flush for every protocol -----------------------------------------------------------
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="F_FULLFSYNC and flock are POSIX")
-def test_directories_and_links_flush_like_files_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """On macOS a plain fsync stops at the drive's cache: every durable step of the directory
-    protocol and of the ``latest`` link must ask for F_FULLFSYNC, as single files do."""
+def _as_on_macos(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Pretend to be macOS until ``monkeypatch.undo()``: the descriptors asked for F_FULLFSYNC are
+    recorded in the list returned, and a plain fsync fails the test."""
     import fcntl
 
     full_flushes: list[int] = []
@@ -732,6 +731,14 @@ def test_directories_and_links_flush_like_files_do(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(fcntl, "fcntl", recording_fcntl)
     monkeypatch.setattr(os, "fsync", bare_fsync)
     monkeypatch.setattr(sys, "platform", "darwin")
+    return full_flushes
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="F_FULLFSYNC and flock are POSIX")
+def test_directories_and_links_flush_like_files_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On macOS a plain fsync stops at the drive's cache: every durable step of the directory
+    protocol and of the ``latest`` link must ask for F_FULLFSYNC, as single files do."""
+    full_flushes = _as_on_macos(monkeypatch)
     store = CheckpointStore(tmp_path / "run")
     for step in (1, 2):
         with store.save(step) as stage:
@@ -749,29 +756,12 @@ def test_directories_and_links_flush_like_files_do(tmp_path: Path, monkeypatch: 
 def test_single_files_flush_like_directories_do_on_macos(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The POSIX strategy picks its flush when it is imported (plain fsync on Linux): imported
     on macOS, a single file's flushes, of the file and of its directory, ask for F_FULLFSYNC."""
-    import fcntl
     import importlib.util
 
     import atomicwrite._posix as posix_module
     from atomicwrite._strategy import WriteOptions
 
-    full_flushes: list[int] = []
-    real_fcntl = fcntl.fcntl
-
-    def recording_fcntl(fd: int, command: int, *args: Any) -> Any:
-        if command == FULLFSYNC:
-            full_flushes.append(fd)
-            return 0
-        return real_fcntl(fd, command, *args)
-
-    def bare_fsync(fd: int) -> None:
-        raise AssertionError("a plain fsync where F_FULLFSYNC was due")
-
-    FULLFSYNC = 51  # macOS's value; Linux has none
-    monkeypatch.setattr(fcntl, "F_FULLFSYNC", FULLFSYNC, raising=False)
-    monkeypatch.setattr(fcntl, "fcntl", recording_fcntl)
-    monkeypatch.setattr(os, "fsync", bare_fsync)
-    monkeypatch.setattr(sys, "platform", "darwin")
+    full_flushes = _as_on_macos(monkeypatch)
     spec = importlib.util.spec_from_file_location("atomicwrite._posix_on_macos", posix_module.__file__)
     assert spec is not None
     assert spec.loader is not None
