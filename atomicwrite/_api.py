@@ -461,7 +461,9 @@ def atomic_open(
             it is set before any byte is published.  On Windows only the read-only attribute
             (no ``0o200`` bit) applies.
         follow_symlinks: if the target is a symlink, replace the file it points to and keep the
-            link (default); if False, replace the link itself with a regular file.
+            link (default); if False, replace the link itself with a regular file.  An ``"x"``
+            mode never follows: a symlink, even a dangling one, is an existing name.  A stranger's
+            link in a sticky world-writable directory is never followed (see the guarantees).
         encoding, errors, newline: as for ``open()``, in text modes.
         if_match: commit only if the target is still at this version (the ``version`` of an
             earlier [`CommitResult`][atomicwrite.CommitResult]), else raise

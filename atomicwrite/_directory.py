@@ -363,10 +363,11 @@ class _LocalTransaction(DirectoryTransaction):
     def _check_target(self, old: os.stat_result | None) -> None:
         if old is None:
             return
+        if not self._replace:
+            # Whatever the name holds (a directory, a file, a dangling symlink), it exists.
+            raise TargetExistsError.at(self._location)
         if not stat.S_ISDIR(old.st_mode):
             raise UnsupportedTargetError(f"cannot publish a directory at {self._location!r}: a file is there")
-        if not self._replace:
-            raise TargetExistsError.at(self._location)
 
     def _sync(self, fd: int) -> None:
         if self._durable:
@@ -790,9 +791,9 @@ def begin_directory(
     if isinstance(strategy, ObjectStoreStrategy):
         return _StoreTransaction(strategy, location, options, replace=replace, checksums=checksums)
     if isinstance(strategy, LocalStrategy) and sys.platform != "win32":
-        path = os.path.normpath(strategy.absolute(location))
-        if os.path.islink(path):
-            path = os.path.realpath(path)
+        # A replace goes through a symlink to the directory it names (the link stays), under the
+        # same rules as a file's; a create never does: the link is an existing name.
+        path = strategy.resolve(os.path.normpath(strategy.absolute(location)), follow_symlinks=replace)
         if os.path.basename(path) in ("", ".", ".."):
             raise UsageError(f"{location!r} does not name a directory entry that can be replaced")
         return _LocalTransaction(location, path, replace=replace, durability=durability, checksums=checksums)
@@ -826,8 +827,9 @@ def atomic_directory(
 
     Args:
         target: a local path, or an object-store URL (``s3://``, ``memory://``...).
-        replace: replace an existing directory (atomically); if False, raise
-            [`TargetExistsError`][atomicwrite.TargetExistsError] when one exists.
+        replace: replace an existing directory (atomically), through a symlink to it; if False,
+            raise [`TargetExistsError`][atomicwrite.TargetExistsError] when anything has the
+            name, a dangling symlink included.
         durability: ``"full"`` flushes every file and directory so the result survives a power
             loss; ``"none"`` is atomic against process crashes only.
         checksums: record each file's SHA-256 (read back once); False records sizes only.

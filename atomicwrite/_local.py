@@ -273,12 +273,24 @@ class LocalStrategy(Strategy):
             path = os.path.join(os.getcwd(), path)
         return path
 
+    @staticmethod
+    def follows_symlinks(options: WriteOptions) -> bool:
+        """Whether a write with these options goes through a symlink at the target's name.
+
+        Never for an exclusive create: a symlink is a name, and ``"x"`` promises the name did
+        not exist.  Following a dangling link there would create a file wherever whoever planted
+        the link chose; refusing it leaves the publishing call (which never follows) as the one
+        existence check.
+        """
+        return options.follow_symlinks and not options.exclusive
+
     def resolve(self, location: str, follow_symlinks: bool) -> str:
         """The path whose directory entry will be replaced.
 
         With ``follow_symlinks``, a chain of symlinks in the last component is followed (also a
         dangling one, which then gets created, as ``open()`` does), so the link survives and the
-        temp file lands in the directory of the real file, on its file system.
+        temp file lands in the directory of the real file, on its file system.  Each link must
+        pass `vet_link` first.
         """
         path = self.absolute(location)
         if follow_symlinks:
@@ -286,6 +298,7 @@ class LocalStrategy(Strategy):
                 link = self.read_link(path)
                 if link is None:
                     break
+                self.vet_link(path, location)
                 path = link if os.path.isabs(link) else os.path.join(os.path.dirname(path), link)
             else:
                 raise os_error(OSError(errno.ELOOP, os.strerror(errno.ELOOP), path), location, "resolving symlinks")
@@ -317,6 +330,11 @@ class LocalStrategy(Strategy):
     def read_link(self, path: str) -> str | None:
         """Where the symlink ``path`` points, or None if ``path`` is not a symlink."""
 
+    def vet_link(self, path: str, location: str) -> None:
+        """Refuse to follow the symlink ``path`` where following it could redirect the write to a
+        place another user chose.  Nothing to refuse by default (Windows has no sticky bit)."""
+        return
+
     def read(self, location: str, options: WriteOptions) -> bytes | None:
         path = self.resolve(location, options.follow_symlinks)
         try:
@@ -330,7 +348,7 @@ class LocalStrategy(Strategy):
     def lock(self, location: str, options: WriteOptions) -> TargetLock:
         import portalocker
 
-        path = self.resolve(location, options.follow_symlinks)
+        path = self.resolve(location, self.follows_symlinks(options))
         directory, name = os.path.split(path)
         try:
             handle = open(os.path.join(directory, lock_name(name)), "a")  # noqa: SIM115 - held until release

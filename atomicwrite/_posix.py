@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn
 
 from ._errors import (
+    AtomicPermissionError,
     AtomicWriteError,
     DurabilityError,
     TargetExistsError,
@@ -520,12 +521,34 @@ class PosixStrategy(LocalStrategy):
                 return None
             raise os_error(exc, path, "reading the symlink") from exc
 
+    def vet_link(self, path: str, location: str) -> None:
+        # The kernel's protected_symlinks rule, applied whatever the sysctl says (and on macOS,
+        # which has no such rule): in a sticky world-writable directory (/tmp, a shared scratch
+        # space) a link is followed only if the writer or the directory's owner owns it.  Anyone
+        # may plant a link there; following a stranger's would let them choose which file a
+        # privileged writer creates or replaces.  The kernel applies it to root too, and so do we.
+        try:
+            link = os.lstat(path)
+            directory = os.stat(os.path.dirname(path))
+        except OSError as exc:
+            raise os_error(exc, location, "checking the symlink's owner") from exc
+        sticky_and_shared = directory.st_mode & stat.S_ISVTX and directory.st_mode & stat.S_IWOTH
+        if sticky_and_shared and link.st_uid not in (os.geteuid(), directory.st_uid):
+            raise AtomicPermissionError(
+                errno.EACCES,
+                f"cannot write {location!r}: {path!r} is a symlink owned by uid {link.st_uid} in a sticky"
+                f" world-writable directory, and following it could let that user choose which file is"
+                f" written (the kernel's protected_symlinks rule); write the file it names directly",
+                location,
+            )
+
     def begin(self, location: str, options: WriteOptions) -> PosixPendingWrite:
         target = location if location.startswith("/") else self.absolute(location)
         directory, dir_fd, name, old = self._open_directory(target, location)
-        if old is not None and stat.S_ISLNK(old.st_mode) and options.follow_symlinks:
+        if old is not None and stat.S_ISLNK(old.st_mode) and self.follows_symlinks(options):
             # A symlink: the write goes to the file at the end of its chain, in that file's
-            # directory.  (Most targets are not links; they cost no readlink.)
+            # directory.  (Most targets are not links; they cost no readlink.)  An exclusive
+            # write never gets here: the link is an existing name, refused below.
             os.close(dir_fd)
             target = self.resolve(location, follow_symlinks=True)
             directory, dir_fd, name, old = self._open_directory(target, location)

@@ -643,7 +643,7 @@ class WindowsStrategy(LocalStrategy):
     def begin(self, location: str, options: WriteOptions) -> WindowsPendingWrite:
         # Loaded first: on a system without kernel32 nothing gets created.
         kernel32 = self.kernel32
-        target = self.resolve(location, options.follow_symlinks)
+        target = self.resolve(location, self.follows_symlinks(options))
         old = self._existing(target, location, options)
         # ReplaceFileW only for a regular file whose metadata is to be kept: an explicit mode wins
         # over the old file's, and ReplaceFileW would follow a symlink that is to be replaced.

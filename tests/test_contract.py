@@ -447,6 +447,166 @@ def test_no_follow_replaces_the_link(workdir: Path) -> None:
     assert (workdir / "file").read_bytes() == b"old"
 
 
+# The symlink policy (docs/guarantees.md, "Symlinks"): one test per row.
+
+
+def _exclusive_writes() -> dict[str, Any]:
+    """Every spelling of an exclusive create of one file, each writing b"planted"."""
+
+    def open_binary(target: Path) -> None:
+        with atomic_open(target, "xb") as file:
+            file.write(b"planted")
+
+    def open_text(target: Path) -> None:
+        with atomic_open(target, "x") as file:
+            file.write("planted")
+
+    def save(target: Path) -> None:
+        atomic_save(b"planted", target, "bytes", exclusive=True)
+
+    def batch(target: Path) -> None:
+        with atomicwrite.atomic_batch() as group, group.open(target, "xb") as file:
+            file.write(b"planted")
+
+    return {"open-xb": open_binary, "open-x": open_text, "atomic_save": save, "atomic_batch": batch}
+
+
+EXCLUSIVE_WRITES = _exclusive_writes()
+
+
+@pytest.mark.parametrize("spelling", list(EXCLUSIVE_WRITES))
+def test_exclusive_create_refuses_a_dangling_symlink(workdir: Path, tmp_path: Path, spelling: str) -> None:
+    """A symlink is a name: "x" must not create the file it points to (as open(O_EXCL) refuses)."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    link = workdir / "t.txt"
+    link.symlink_to(elsewhere / "victim")
+    with pytest.raises(TargetExistsError) as raised:
+        EXCLUSIVE_WRITES[spelling](link)
+    assert isinstance(raised.value, FileExistsError)
+    assert listing(elsewhere) == []  # nothing created where the link points
+    assert os.readlink(link) == str(elsewhere / "victim")
+    assert listing(workdir) == ["t.txt"]  # and no temp left
+
+
+@pytest.mark.parametrize("spelling", list(EXCLUSIVE_WRITES))
+def test_exclusive_create_refuses_a_symlink_to_a_file(workdir: Path, spelling: str) -> None:
+    (workdir / "real").write_bytes(b"old")
+    (workdir / "link").symlink_to("real")
+    with pytest.raises(TargetExistsError):
+        EXCLUSIVE_WRITES[spelling](workdir / "link")
+    assert (workdir / "real").read_bytes() == b"old"
+    assert os.readlink(workdir / "link") == "real"
+    assert listing(workdir) == ["link", "real"]
+
+
+def test_exclusive_create_loses_to_a_dangling_symlink_planted_mid_write(workdir: Path, tmp_path: Path) -> None:
+    """The publishing call is the existence check: a link planted after the open still wins."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    target = workdir / "t.txt"
+    with pytest.raises(TargetExistsError), atomic_open(target, "xb") as file:
+        file.write(b"planted")
+        target.symlink_to(elsewhere / "victim")
+    assert listing(elsewhere) == []
+    assert os.readlink(target) == str(elsewhere / "victim")
+    assert listing(workdir) == ["t.txt"]
+
+
+def test_replace_through_a_link_into_another_directory(workdir: Path, tmp_path: Path) -> None:
+    """The temp lives beside the real file (same file system: no copy, no EXDEV); the link stays."""
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "real").write_bytes(b"old")
+    (workdir / "link").symlink_to(other / "real")
+    with atomic_open(workdir / "link", "wb") as file:
+        assert len(listing(other)) in (1, 2)  # the named temp, if any, is in the real file's directory
+        assert listing(workdir) == ["link"]
+        file.write(b"new")
+    assert (other / "real").read_bytes() == b"new"
+    assert os.readlink(workdir / "link") == str(other / "real")
+    assert listing(other) == ["real"]
+    assert file.result is not None
+    assert file.result.target == str(other / "real")
+
+
+def test_replace_through_a_dangling_link_into_a_missing_directory_fails_cleanly(workdir: Path) -> None:
+    (workdir / "link").symlink_to(workdir / "gone" / "file")
+    with pytest.raises(TargetNotFoundError):
+        atomic_open(workdir / "link", "wb")
+    assert listing(workdir) == ["link"]
+
+
+needs_root = pytest.mark.skipif(
+    sys.platform == "win32" or os.geteuid() != 0, reason="giving a symlink to another user needs root"
+)
+STRANGER = 65534  # nobody
+
+
+def _sticky_directory(parent: Path, owner: int = 0) -> Path:
+    shared = parent / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    os.chown(shared, owner, -1)
+    return shared
+
+
+@needs_root
+@pytest.mark.parametrize("mode", ["wb", "xb"])
+def test_strangers_link_in_a_sticky_world_writable_directory_is_not_followed(
+    workdir: Path, tmp_path: Path, mode: str
+) -> None:
+    """protected_symlinks: /tmp-like directories; root is not redirected either."""
+    shared = _sticky_directory(workdir)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"root's file")
+    link = shared / "job.out"
+    link.symlink_to(victim)
+    os.lchown(link, STRANGER, STRANGER)
+    error = TargetExistsError if "x" in mode else atomicwrite.AtomicPermissionError
+    with pytest.raises(error) as raised:
+        atomic_open(link, mode)
+    if "x" not in mode:
+        assert raised.value.errno == errno.EACCES
+        assert "protected_symlinks" in str(raised.value)
+    assert victim.read_bytes() == b"root's file"
+    assert listing(shared) == ["job.out"]
+    assert link.is_symlink()
+
+
+@needs_root
+def test_strangers_link_anywhere_in_a_chain_is_not_followed(workdir: Path, tmp_path: Path) -> None:
+    shared = _sticky_directory(workdir)
+    (tmp_path / "victim").write_bytes(b"old")
+    (shared / "hop").symlink_to(tmp_path / "victim")
+    os.lchown(shared / "hop", STRANGER, STRANGER)
+    (workdir / "mine").symlink_to(shared / "hop")  # my own link, to a stranger's
+    with pytest.raises(atomicwrite.AtomicPermissionError):
+        atomic_open(workdir / "mine", "wb")
+    assert (tmp_path / "victim").read_bytes() == b"old"
+
+
+@needs_root
+@pytest.mark.parametrize("case", ["my-link", "directory-owners-link", "not-sticky", "sticky-not-world-writable"])
+def test_links_the_kernel_would_follow_are_followed(workdir: Path, tmp_path: Path, case: str) -> None:
+    directory_owner = STRANGER if case == "directory-owners-link" else 0
+    shared = _sticky_directory(workdir, owner=directory_owner)
+    if case == "not-sticky":
+        shared.chmod(0o777)
+    elif case == "sticky-not-world-writable":
+        shared.chmod(0o1775)
+    real = tmp_path / "real"
+    real.write_bytes(b"old")
+    link = shared / "link"
+    link.symlink_to(real)
+    if case != "my-link":
+        os.lchown(link, STRANGER, STRANGER)
+    with atomic_open(link, "wb") as file:
+        file.write(b"new")
+    assert real.read_bytes() == b"new"
+    assert link.is_symlink()
+
+
 @pytest.mark.parametrize("suffix", ["", "/", "/."])
 def test_directory_target(workdir: Path, suffix: str) -> None:
     (workdir / "folder").mkdir()

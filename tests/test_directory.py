@@ -341,6 +341,26 @@ def test_local_target_through_a_symlink_keeps_the_link(tmp_path: Path) -> None:
     assert (tmp_path / "real" / "a").read_bytes() == b"a"
 
 
+@pytest.mark.parametrize("points_to", ["missing", "real"])
+def test_local_create_refuses_a_symlink_at_the_name(tmp_path: Path, points_to: str) -> None:
+    """replace=False is an exclusive create: a symlink is a name, never followed."""
+    (tmp_path / "real").mkdir()
+    os.symlink(points_to, tmp_path / "link")
+    with pytest.raises(TargetExistsError), atomic_directory(tmp_path / "link", replace=False) as stage:
+        Path(stage / "a").write_bytes(b"a")
+    assert sorted(os.listdir(tmp_path)) == ["link", "real"]
+    assert os.listdir(tmp_path / "real") == []
+    assert os.readlink(tmp_path / "link") == points_to
+
+
+def test_local_create_loses_to_a_symlink_planted_before_publishing(tmp_path: Path) -> None:
+    with pytest.raises(TargetExistsError), atomic_directory(tmp_path / "ckpt", replace=False) as stage:
+        Path(stage / "a").write_bytes(b"a")
+        os.symlink("missing", tmp_path / "ckpt")
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"]
+    assert not (tmp_path / "missing").exists()
+
+
 def _spawn(role: str, *args: object) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(

@@ -103,12 +103,28 @@ def dump_in_chunks(obj, file):
 JSON = Serializer("json-chunked", dump_in_chunks, json.load, binary=False, encoding="utf-8")
 
 
-def write_payload(path, mode="wb", **options):
+def write_payload(path, mode="wb", during=None, **options):
     data = payload(1, 1, SIZE)
     with atomic_open(path, mode, **options) as file:
         for start in range(0, len(data), CHUNK):
             file.write(data[start : start + CHUNK])
             file.flush()
+        if during is not None:
+            during()
+
+
+def create_over_links(work):
+    # "xb" where a dangling symlink already is, then where one is planted mid-write: each must
+    # raise, and neither may create the file the link names.
+    def plant():
+        os.symlink(os.path.join("elsewhere", "late.bin"), os.path.join(work, "late.bin"))
+
+    for name, during in (("target.bin", None), ("late.bin", plant)):
+        try:
+            write_payload(os.path.join(work, name), "xb", during=during)
+        except FileExistsError:
+            continue
+        raise SystemExit(f"an exclusive create of {name} over a symlink succeeded")
 
 
 def setup(protocol, work):
@@ -126,6 +142,9 @@ def setup(protocol, work):
         with atomic_open(target, "wb", lock=True) as file:
             file.write(old)
         os.chmod(target, 0o640)
+    elif protocol == "create-over-link":
+        os.mkdir(os.path.join(work, "elsewhere"))
+        os.symlink(os.path.join("elsewhere", "target.bin"), target)
     elif protocol != "create-exclusive":
         with open(target, "wb") as file:
             file.write(old)
@@ -142,6 +161,8 @@ def write(protocol, work):
         write_payload(os.path.join(work, "link.bin"))
     elif protocol == "create-exclusive":
         write_payload(target, "xb")
+    elif protocol == "create-over-link":
+        create_over_links(work)
     elif protocol == "replace-locked":
         write_payload(target, lock=True)
     else:
@@ -272,8 +293,11 @@ def _short(text: str, room: int = 100) -> str:
     return text if len(text) <= room else text[: room - 5] + "[...]"
 
 
-def _kill_points(calls: list[Call], real_name: str) -> list[KillPoint]:
-    """Every killable call between the markers, with what a kill on entering it must leave."""
+def _kill_points(calls: list[Call], real_name: str, *, publishes: bool = True) -> list[KillPoint]:
+    """Every killable call between the markers, with what a kill on entering it must leave.
+
+    ``publishes``: whether the untouched run publishes ``real_name`` (an exclusive create over a
+    symlink must not)."""
     start, end = _marker_index(calls, START), _marker_index(calls, END)
     writer = calls[start].pid
     strangers = {call.pid for call in calls if call.pid != writer}
@@ -306,7 +330,7 @@ def _kill_points(calls: list[Call], real_name: str) -> list[KillPoint]:
                 temps.discard(os.path.basename(source))
         elif call.name in ("unlink", "unlinkat"):
             temps.discard(os.path.basename(_unquote(args[0] if call.name == "unlink" else args[1])))
-    assert published, "the untouched run never published the target"
+    assert published == publishes, f"the untouched run published the target: {published}, expected {publishes}"
     assert not temps, f"the untouched run left temp names {temps}"
     return points
 
@@ -550,3 +574,70 @@ def test_kill_at_every_call(tmp_path: Path, local_variant: str, protocol: str) -
     assert not failures, f"{len(failures)} of {len(points)} kill points failed:\n" + "\n".join(failures)
     assert outcomes["old"], outcomes
     assert outcomes["new"], outcomes
+
+
+def test_kill_exclusive_create_over_a_symlink(tmp_path: Path, local_variant: str) -> None:
+    """``"xb"`` over a dangling symlink, then over one planted mid-write: whichever call the writer
+    dies in, no file ever appears where a link points, the links stay, and a sweep leaves only them."""
+    _strace()
+    protocol = "create-over-link"
+    template = tmp_path / "template"
+    template.mkdir()
+    done = _run_writer("setup", {"protocol": protocol, "work": str(template)})
+    assert done.returncode == 0, done.stderr
+    old = _snapshot(template)
+    assert sorted(old) == ["elsewhere", "target.bin"]
+    assert old["target.bin"][:3] == ("link", "elsewhere/target.bin", 0)
+
+    clean = tmp_path / "runs" / "clean"
+    clean.mkdir(parents=True)
+    _copy(template, clean)
+    log = clean / "strace.log"
+    traced = _run_writer(
+        "write", _spec(protocol, clean), ["-s", "512", "-o", str(log), "-e", f"trace={_optional(KILLABLE + MARKERS)}"]
+    )
+    _skip_if_untraceable(traced)
+    assert traced.returncode == 0, traced.stderr
+    new = _snapshot(clean / "work")
+    assert new == {**old, "late.bin": ("link", "elsewhere/late.bin", 0, *old["target.bin"][3:])}, new
+    points = _kill_points(_parse(log.read_text()), "late.bin", publishes=False)
+    assert len(points) >= MIN_KILL_POINTS, [f"{p.name}#{p.when}" for p in points]
+    assert any(p.name in PUBLISHING for p in points), "the refused publishing call is a kill point too"
+
+    runs = []
+    for number, point in enumerate(points):
+        run = tmp_path / "runs" / f"{number:03d}"
+        run.mkdir()
+        runs.append((point, run))
+    with ThreadPoolExecutor(PARALLEL) as pool:
+        aftermaths = list(pool.map(lambda job: _kill(job[0], template, job[1], protocol, clean), runs))
+    kept_before_sweep = []
+    for after in aftermaths:
+        now = _snapshot(after.run / "work")
+        after.temps = sorted(relative for relative in now if _is_temp(relative))
+        kept = {relative: entry for relative, entry in now.items() if not _is_temp(relative)}
+        kept_before_sweep.append(kept)
+        if kept not in (old, new):
+            after.problems.append(f"neither the old nor the new links: {_diff(new, kept)}")
+        if len(after.temps) != after.point.temps:
+            count = len(after.temps)
+            after.problems.append(f"{count} temp names left ({after.temps}), the trace says {after.point.temps}")
+    removed = _sweep(sorted({after.run / "work" for after in aftermaths}))
+    for after, kept in zip(aftermaths, kept_before_sweep, strict=True):
+        swept = sorted(removed[str(after.run / "work")])
+        if swept != [str(after.run / "work" / relative) for relative in after.temps]:
+            after.problems.append(f"sweep removed {swept}, not the temps {after.temps}")
+        if _snapshot(after.run / "work") != kept:
+            after.problems.append("the sweep touched something that is not a temp")
+
+    TERMINAL_SUMMARY.setdefault("kill points tried (SIGKILL on entering each call)", []).append(
+        f"{protocol:17} {local_variant:10} {len(points):3} kill points (none may publish): "
+        + " ".join(f"{name}x{count}" for name, count in sorted(Counter(p.name for p in points).items()))
+    )
+    failures = [
+        f"killed at {after.point.name} #{after.point.when} "
+        f"({_short(_normalized(after.point.call, clean))}): " + "; ".join(after.problems)
+        for after in aftermaths
+        if after.problems
+    ]
+    assert not failures, f"{len(failures)} of {len(points)} kill points failed:\n" + "\n".join(failures)

@@ -349,6 +349,30 @@ def test_exclusive_loses_the_race_at_commit(work: Path, fake: FakeKernel32) -> N
     assert listing(work) == ["race"]
 
 
+@pytest.mark.parametrize("points_to", ["missing", "real"])
+def test_exclusive_refuses_a_symlink_at_the_name(work: Path, fake: FakeKernel32, points_to: str) -> None:
+    """A symlink is a name, dangling or not: "x" never creates or touches the file it names."""
+    (work / "real").write_bytes(b"old")
+    link = work / "link"
+    link.symlink_to(points_to)
+    with pytest.raises(TargetExistsError):
+        atomic_open(link, "xb")
+    assert fake.calls == []
+    assert listing(work) == ["link", "real"]
+    assert (work / "real").read_bytes() == b"old"
+
+
+def test_exclusive_loses_to_a_symlink_planted_at_commit(work: Path, fake: FakeKernel32) -> None:
+    target = work / "race"
+    with pytest.raises(TargetExistsError), atomic_open(target, "xb") as f:
+        f.write(b"mine")
+        temp = only_temp(work)
+        target.symlink_to("missing")
+    assert fake.calls == [("MoveFileExW", temp, str(target), MOVEFILE_WRITE_THROUGH)]
+    assert listing(work) == ["race"]
+    assert target.is_symlink()
+
+
 @pytest.mark.parametrize("code", [ERROR_ALREADY_EXISTS, ERROR_FILE_EXISTS])
 def test_exclusive_maps_both_exists_codes(work: Path, fake: FakeKernel32, sleeps: list[float], code: int) -> None:
     target = work / "t"
