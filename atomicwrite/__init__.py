@@ -13,7 +13,7 @@ with atomic_open("checkpoint.bin", "wb") as f:
 
 from typing import TYPE_CHECKING, Any
 
-from ._api import AtomicBinaryFile, AtomicTextFile, atomic_open, atomic_save, atomic_update, sweep
+from ._api import AtomicBinaryFile, AtomicTextFile, atomic_open, atomic_save, atomic_update
 from ._batch import AtomicBatch, BatchError, atomic_batch
 from ._errors import (
     AtomicOSError,
@@ -34,49 +34,41 @@ from ._errors import (
 from ._result import CommitResult, Durability, LocalVersion
 from ._serializers import Serializer, register_serializer
 from ._strategy import PendingWrite, ProgressCallback, Strategy, TargetLock, WriteOptions, register_strategy
+from ._sweep import sweep
 
 __version__ = "0.1.0"
 
 # Multi-file checkpoints pull in json, hashlib and their value classes: loaded on first use, so
 # that a plain atomic_open pays nothing for them at import.
 _LAZY = {
-    "CheckpointStore": "_checkpoints",
-    "Generation": "_checkpoints",
-    **dict.fromkeys(
-        (
-            "DirectoryCommitResult",
-            "DirectoryManifest",
-            "DirectoryProblem",
-            "DirectoryTransaction",
-            "DirectoryVerification",
-            "FileEntry",
-            "PublishedDirectory",
-            "StagingDirectory",
-            "atomic_directory",
-            "begin_directory",
-            "open_directory",
-            "verify_directory",
-        ),
-        "_directory",
-    ),
+    "CheckpointStore": "_directories.generations",
+    "Generation": "_directories.generations",
+    "atomic_directory": "_directories.api",
+    "begin_directory": "_directories.api",
+    "DirectoryCommitResult": "_directories.manifest",
+    "DirectoryManifest": "_directories.manifest",
+    "DirectoryProblem": "_directories.manifest",
+    "DirectoryVerification": "_directories.manifest",
+    "FileEntry": "_directories.manifest",
+    "PublishedDirectory": "_directories.reading",
+    "open_directory": "_directories.reading",
+    "verify_directory": "_directories.reading",
+    "DirectoryTransaction": "_directories.staging",
+    "StagingDirectory": "_directories.staging",
 }
 
 if TYPE_CHECKING:
-    from ._checkpoints import CheckpointStore, Generation
-    from ._directory import (
+    from ._directories.api import atomic_directory, begin_directory
+    from ._directories.generations import CheckpointStore, Generation
+    from ._directories.manifest import (
         DirectoryCommitResult,
         DirectoryManifest,
         DirectoryProblem,
-        DirectoryTransaction,
         DirectoryVerification,
         FileEntry,
-        PublishedDirectory,
-        StagingDirectory,
-        atomic_directory,
-        begin_directory,
-        open_directory,
-        verify_directory,
     )
+    from ._directories.reading import PublishedDirectory, open_directory, verify_directory
+    from ._directories.staging import DirectoryTransaction, StagingDirectory
 
 
 def __getattr__(name: str) -> Any:

@@ -1,6 +1,6 @@
-"""``python -m atomicwrite``: the command line (see :mod:`atomicwrite._cli`)."""
+"""``python -m atomicwrite``: the command line (see :mod:`atomicwrite._cli.main`)."""
 
-from ._cli import main
+from ._cli.main import main
 
 if __name__ == "__main__":
     main(prog_name="atomicwrite")

@@ -1,4 +1,4 @@
-"""The public API: atomic_open, atomic_save, atomic_update, sweep."""
+"""The public API of single-file writes: atomic_open, atomic_save, atomic_update."""
 
 from __future__ import annotations
 
@@ -9,19 +9,14 @@ import itertools
 import os
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any, Literal, overload
+from typing import IO, Any, Literal, Protocol, overload
 
 from ._errors import AtomicWriteError, DurabilityError, UsageError
 from ._result import CommitResult, Durability
 from ._serializers import Serializer, get_serializer
 from ._strategy import PendingWrite, ProgressCallback, Strategy, TargetLock, WriteOptions, resolve_target
 
-if TYPE_CHECKING:
-    from datetime import timedelta
-
-    from ._batch import AtomicBatch
-
-__all__ = ["AtomicBinaryFile", "AtomicTextFile", "atomic_open", "atomic_save", "atomic_update", "sweep"]
+__all__ = ["AtomicBinaryFile", "AtomicTextFile", "atomic_open", "atomic_save", "atomic_update"]
 
 Target = str | os.PathLike[str]
 BinaryMode = Literal["wb", "xb", "bw", "bx"]
@@ -33,6 +28,16 @@ TextMode = Literal["w", "x", "wt", "xt", "tw", "tx"]
 # is copied into it first, which cost 3% of a 1 GiB stream's throughput at 1 MiB.
 _BUFFER_SIZE = 1 << 18
 _DURABILITY = ("none", "file", "full")
+
+
+class _Batch(Protocol):
+    """What an [`atomic_batch`][atomicwrite.atomic_batch] is to a file it publishes: told when
+    the file is complete, or when it was discarded.  (A protocol, so that this module does not
+    import the batch module, which is built on it.)"""
+
+    def _stage(self, file: AtomicBinaryFile) -> None: ...
+
+    def _settle(self, pending: PendingWrite) -> None: ...
 
 
 class AtomicBinaryFile(io.BufferedWriter):
@@ -51,7 +56,7 @@ class AtomicBinaryFile(io.BufferedWriter):
         self._result: CommitResult | None = None
         self._finished = False
         # Set while the file belongs to an atomic_batch, which publishes it.
-        self._batch: AtomicBatch | None = None
+        self._batch: _Batch | None = None
         self._staged = False
 
     @property
@@ -597,47 +602,3 @@ def atomic_update(
         return file.result
     finally:
         held.release()
-
-
-def sweep(
-    location: Target,
-    *,
-    older_than: float | timedelta = 3600.0,
-    dry_run: bool = False,
-    storage_options: Mapping[str, Any] | None = None,
-) -> list[str]:
-    """Remove the temp files (or pending uploads) that dead writers left in ``location``.
-
-    This includes the staging directories of [`atomic_directory`][atomicwrite.atomic_directory]
-    (``.{name}.aw...stage``) and the temp links of a `CheckpointStore` pointer swap
-    (``.latest.aw...link``) in a local ``location``, and the unpublished generations under an
-    object-store ``location`` that was given to ``atomic_directory``.
-
-    Only this library's own leftovers are touched, recognised by their name: never a user's
-    file, and never the temp of a writer that is still running.  On this host a writer's
-    liveness is known for sure (its temp stays locked while it runs; a file of an
-    [`atomic_batch`][atomicwrite.atomic_batch] waiting, flushed, for the batch's publish step is
-    not, see there).  A leftover whose writer
-    cannot be checked (written from another host, or whose pid was reused) is removed once it
-    has not been modified for ``older_than`` (seconds or a ``timedelta``; one hour by default).
-    Returns the paths removed (with ``dry_run``, the
-    paths that would be).
-    """
-    # A timedelta has total_seconds(); datetime is not imported just to check the type.
-    total_seconds = getattr(older_than, "total_seconds", None)
-    seconds = float(total_seconds()) if callable(total_seconds) else float(older_than)  # type: ignore[arg-type]
-    if seconds < 0:
-        raise UsageError(f"older_than must not be negative, not {older_than!r}")
-    strategy, path = resolve_target(location)
-    options = WriteOptions(storage_options=dict(storage_options or {}))
-    removed = strategy.sweep(path, seconds, dry_run, options)
-    from ._objectstore import ObjectStoreStrategy
-
-    if isinstance(strategy, ObjectStoreStrategy):
-        # Unpublished generations of an atomic_directory at ``location`` (local ones are
-        # staging directories under temp names, which the strategy's sweep removes).
-        from ._directory import sweep_generations
-
-        fs = strategy.filesystem(options)
-        removed += sweep_generations(fs, fs._strip_protocol(path), seconds, dry_run, strategy.url)
-    return removed

@@ -181,7 +181,9 @@ _REGISTRY: dict[str, str] = {}
 _INSTANCES: dict[str, Strategy] = {}
 
 _LOCAL_STRATEGY = (
-    "atomicwrite._windows:WindowsStrategy" if sys.platform == "win32" else "atomicwrite._posix:PosixStrategy"
+    "atomicwrite._local.windows:WindowsStrategy"
+    if sys.platform == "win32"
+    else "atomicwrite._local.posix:PosixStrategy"
 )
 
 
@@ -195,10 +197,10 @@ def register_strategy(protocols: str | tuple[str, ...], implementation: str, *, 
 
 
 register_strategy(("", "file", "local"), _LOCAL_STRATEGY)
-register_strategy(("s3", "s3a"), "atomicwrite._s3:S3Strategy")
-register_strategy(("gs", "gcs"), "atomicwrite._gcs:GCSStrategy")
-register_strategy(("az", "abfs", "abfss"), "atomicwrite._azure:AzureStrategy")
-register_strategy("memory", "atomicwrite._memory:MemoryStrategy")
+register_strategy(("s3", "s3a"), "atomicwrite._stores.s3:S3Strategy")
+register_strategy(("gs", "gcs"), "atomicwrite._stores.gcs:GCSStrategy")
+register_strategy(("az", "abfs", "abfss"), "atomicwrite._stores.azure:AzureStrategy")
+register_strategy("memory", "atomicwrite._stores.memory:MemoryStrategy")
 
 
 def split_protocol(target: str) -> tuple[str, str]:

@@ -35,15 +35,10 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 
-from ._checkpoints import CheckpointStore
-from ._directory import (
-    DirectoryCommitResult,
-    DirectoryTransaction,
-    FileEntry,
-    StagingDirectory,
-    begin_directory,
-    describe_files,
-)
+from ._directories.api import begin_directory
+from ._directories.generations import CheckpointStore
+from ._directories.manifest import DirectoryCommitResult, FileEntry
+from ._directories.staging import DirectoryTransaction, StagingDirectory, describe_files
 from ._errors import AtomicWriteError, DistributedAbortError, UnsupportedTargetError
 
 __all__ = ["DistributedAbortError", "atomic_directory", "dcp_save", "dcp_writer", "save"]

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from . import torch as _awt
 from ._api import atomic_open
 from ._errors import UsageError
-from ._local import flush_to_disk, replace_symlink
+from ._local.base import flush_to_disk, replace_symlink
 from ._result import Durability
 
 if TYPE_CHECKING:

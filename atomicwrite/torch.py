@@ -535,7 +535,7 @@ def _local_path(target: Target) -> str:
 
 def _filesystem(target: Target, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
     """The fsspec file system of a URL and the path on it."""
-    from ._objectstore import ObjectStoreStrategy
+    from ._stores.base import ObjectStoreStrategy
 
     strategy, location = resolve_target(target)
     if isinstance(strategy, ObjectStoreStrategy):
@@ -728,7 +728,7 @@ def _patterns(pattern: str | Sequence[str]) -> tuple[str, ...]:
 
 
 def _is_temp(name: str) -> bool:
-    from ._local import parse_temp_name
+    from ._names import parse_temp_name
 
     return name.startswith(".atomicwrite-torch-") or parse_temp_name(name) is not None
 
@@ -761,7 +761,7 @@ def _local_candidates(location: str, patterns: tuple[str, ...]) -> list[tuple[fl
 def _remote_candidates(
     target: str, patterns: tuple[str, ...], storage_options: Mapping[str, Any] | None
 ) -> list[tuple[float, str, str]]:
-    from ._objectstore import _modified
+    from ._stores.base import _modified
 
     fs, path = _filesystem(target, storage_options)
     stripped = path.rstrip("/")

@@ -13,7 +13,8 @@ import os
 import time
 from pathlib import Path
 
-from atomicwrite import _local, atomic_batch, atomic_open
+from atomicwrite import atomic_batch, atomic_open
+from atomicwrite._local import base as _local
 
 from ._harness import Context, Row, alternate_many, median, ratio_target, timed
 

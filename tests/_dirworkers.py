@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from atomicwrite import CheckpointStore, atomic_directory, open_directory
-from atomicwrite._directory import MANIFEST_NAME, DirectoryManifest
+from atomicwrite._directories.manifest import MANIFEST_NAME, DirectoryManifest
 
 FILES = ("model.bin", "optim.bin", "meta/config.json")
 

@@ -10,10 +10,10 @@ import atomicwrite._strategy as strategy_registry
 def make_local_strategy(variant: str) -> strategy_registry.Strategy:
     """The local strategy a test variant names: "o_tmpfile", "named-temp" or "windows"."""
     if variant == "windows":
-        from atomicwrite._windows import WindowsStrategy
+        from atomicwrite._local.windows import WindowsStrategy
 
         return WindowsStrategy()
-    from atomicwrite._posix import PosixStrategy
+    from atomicwrite._local.posix import PosixStrategy
 
     return PosixStrategy(use_tmpfile=(variant == "o_tmpfile"))
 

@@ -30,7 +30,7 @@ from atomicwrite import (
     atomic_update,
     sweep,
 )
-from atomicwrite._local import parse_temp_name
+from atomicwrite._names import parse_temp_name
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1 << 20

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 from atomicwrite import AtomicWriteError, ConflictError, TargetExistsError, atomic_open, atomic_save, sweep
-from atomicwrite._azure import block_owner
+from atomicwrite._stores.azure import block_owner
 from tests._azurite import ACCOUNT_KEY, azure_options, azurite_endpoint
 from tests.objectstore_contract import MiB, ObjectStoreContract, StoreHandle, markers, unique_prefix, write_in_chunks
 
@@ -365,7 +365,7 @@ def test_block_ids_have_one_length() -> None:
     """Azure wants every block id of a blob to have one length (Azurite does not check)."""
     import base64
 
-    from atomicwrite._azure import MAX_BLOCKS, block_id
+    from atomicwrite._stores.azure import MAX_BLOCKS, block_id
 
     ids = [block_id("0123456789abcdef", number) for number in (1, 9, 10, 4321, MAX_BLOCKS)]
     assert {len(base64.b64encode(i.encode())) for i in ids} == {32}
@@ -375,8 +375,8 @@ def test_block_ids_have_one_length() -> None:
 
 
 def test_part_limits() -> None:
-    from atomicwrite._azure import MAX_BLOCKS, MIN_PART, AzureBackend
     from atomicwrite._errors import UnsupportedTargetError
+    from atomicwrite._stores.azure import MAX_BLOCKS, MIN_PART, AzureBackend
 
     backend = AzureBackend(None, None, "az://c/k", part_size=1, parallel_parts=0)  # type: ignore[arg-type]
     assert (backend.part_size, backend.parallel_parts) == (MIN_PART, 1)
@@ -394,7 +394,7 @@ def _filesystem(**options: Any) -> Any:
 
 
 def test_client_from_account_key() -> None:
-    from atomicwrite._azure import service_client
+    from atomicwrite._stores.azure import service_client
 
     client = service_client(_filesystem(account_name="acct", account_key=ACCOUNT_KEY))
     assert client.url == "https://acct.blob.core.windows.net/"
@@ -406,7 +406,7 @@ def test_client_from_account_key() -> None:
 
 
 def test_client_from_sas_token() -> None:
-    from atomicwrite._azure import service_client
+    from atomicwrite._stores.azure import service_client
 
     client = service_client(_filesystem(account_name="acct", sas_token="sv=2024&sig=abc"))
     assert client.url.startswith("https://acct.blob.core.windows.net/")
@@ -418,7 +418,7 @@ def test_client_from_asynchronous_credential() -> None:
     """A credential given to adlfs is asynchronous; the synchronous client gets its tokens on adlfs's loop."""
     from azure.core.credentials import AccessToken
 
-    from atomicwrite._azure import service_client
+    from atomicwrite._stores.azure import service_client
 
     class AsyncCredential:
         def __init__(self) -> None:

@@ -165,7 +165,7 @@ def test_strategies_that_cannot_stage_commit_file_by_file() -> None:
 
 
 def test_a_directory_that_cannot_be_flushed_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from atomicwrite import _posix
+    from atomicwrite._local import posix as _posix
 
     real_sync = _posix._sync
 
@@ -240,7 +240,7 @@ def _failed_batch(directory: Path, count: int, match: str) -> list[int]:
 
 
 def test_a_failed_flush_publishes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from atomicwrite import _posix
+    from atomicwrite._local import posix as _posix
 
     monkeypatch.setattr(_posix, "_sync", _failing_call(3, _posix._sync, OSError(errno.EIO, "Input/output error")))
     # The third flush fails when the batch ends: every file had been handed over.
@@ -248,7 +248,8 @@ def test_a_failed_flush_publishes_nothing(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def test_a_failed_flush_while_writing_publishes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from atomicwrite import _batch, _posix
+    from atomicwrite import _batch
+    from atomicwrite._local import posix as _posix
 
     # Two files per group, each flushed in the background as the next group fills: the second
     # group's flush (files 2 and 3) fails, and the error is raised as the third group is handed
@@ -262,7 +263,7 @@ def test_a_failed_flush_while_writing_publishes_nothing(tmp_path: Path, monkeypa
 def test_a_failure_naming_a_temp_publishes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The unnamed temp of a closing file gets its name right away (begin_stage); if that fails,
     the batch ends with the error, and the temps already named are removed with the rest."""
-    from atomicwrite import _posix
+    from atomicwrite._local import posix as _posix
 
     link = _failing_call(3, _posix.PosixPendingWrite._link_tmpfile, OSError(errno.EMLINK, "Too many links"))
     monkeypatch.setattr(_posix.PosixPendingWrite, "_link_tmpfile", link)
@@ -273,7 +274,8 @@ def test_a_failure_naming_a_temp_publishes_nothing(tmp_path: Path, monkeypatch: 
 def test_full_groups_are_flushed_in_the_background_before_anything_is_published(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from atomicwrite import _batch, _posix
+    from atomicwrite import _batch
+    from atomicwrite._local import posix as _posix
 
     events: list[tuple[str, str]] = []
     stage, publish = _posix.PosixPendingWrite.stage, _posix.PosixPendingWrite.publish_staged
@@ -304,7 +306,8 @@ def test_full_groups_are_flushed_in_the_background_before_anything_is_published(
 def _slow_background_flushes(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
     """Two files per group, and each flush in the background thread takes 0.2 s more; the event
     returned is set as the first of them starts."""
-    from atomicwrite import _batch, _posix
+    from atomicwrite import _batch
+    from atomicwrite._local import posix as _posix
 
     flushing = threading.Event()
     sync = _posix._sync
@@ -361,7 +364,8 @@ def test_an_exception_during_a_background_flush_discards_after_it(
 def test_a_background_flush_error_discards_the_whole_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Caught and ignored, the error of a background flush still leaves every target old: the
     batch is discarded as the error is raised, and refuses new files and its commit."""
-    from atomicwrite import AtomicOSError, AtomicWriteError, _batch, _posix
+    from atomicwrite import AtomicOSError, AtomicWriteError, _batch
+    from atomicwrite._local import posix as _posix
 
     monkeypatch.setattr(_batch, "_WINDOW", 2)
     monkeypatch.setattr(_posix, "_sync", _failing_call(1, _posix._sync, OSError(errno.EIO, "Input/output error")))
@@ -604,7 +608,7 @@ def test_publishes_through_one_directory_descriptor(tmp_path: Path) -> None:
 def test_files_in_several_directories_hold_one_directory_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Files interleaved over directories: a directory stays open only while the next file to
     publish is in it, so the publish step holds one directory at a time, whatever the batch."""
-    from atomicwrite import _posix
+    from atomicwrite._local import posix as _posix
 
     directories = [tmp_path / f"d{index}" for index in range(3)]
     for directory in directories:

@@ -13,8 +13,8 @@ import pytest
 
 import atomicwrite._strategy as strategy_registry
 from atomicwrite import atomic_open
-from atomicwrite._cli import parse_duration
-from atomicwrite._local import host_tag, parse_temp_name
+from atomicwrite._cli.main import parse_duration
+from atomicwrite._names import host_tag, parse_temp_name
 from tests._variant import make_local_strategy
 
 # Above Linux's largest pid_max (2**22) and macOS's (99998): no process can have it.
@@ -48,14 +48,14 @@ S3_ROWS = {'s3 fs.open("wb")', 's3 atomic_open("wb")'}
 
 def s3_demo_available() -> bool:
     """Whether the demo's S3 part can run here (atomicwrite[demo] installed)."""
-    from atomicwrite._demo import s3_unavailable
+    from atomicwrite._cli.demo import s3_unavailable
 
     return s3_unavailable() is None
 
 
 def training_demo_available() -> bool:
     """Whether the demo's Lightning part can run here (torch and lightning installed)."""
-    from atomicwrite._demo_lightning import training_unavailable
+    from atomicwrite._cli.demo_lightning import training_unavailable
 
     return training_unavailable() is None
 
@@ -180,7 +180,7 @@ def test_demo_kills_a_training_run_and_resumes_it(tmp_path: Path) -> None:
 
 def test_demo_without_s3_packages_skips_s3(tmp_path: Path) -> None:
     # moto missing, as if atomicwrite[demo] was not installed: the local part still runs.
-    code = "import sys; sys.modules['moto'] = None; from atomicwrite._cli import main; main()"
+    code = "import sys; sys.modules['moto'] = None; from atomicwrite._cli.main import main; main()"
     args = ["demo", "--kills", "1", "--size-mb", "0.1", "--seed", "3", "--dir", str(tmp_path), "--no-training"]
     env = {k: v for k, v in os.environ.items() if k != "ATOMICWRITE_TEST_VARIANT"}
     result = subprocess.run(

@@ -122,7 +122,7 @@ def test_bad_storage_option_is_a_usage_error(tmp_path: Path) -> None:
 
 
 def test_cli_imports_no_rich_until_needed() -> None:
-    code = "import sys, atomicwrite._cli; print('rich' in sys.modules)"
+    code = "import sys, atomicwrite._cli.main; print('rich' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
 
@@ -571,7 +571,7 @@ def test_a_recorded_checksum_that_does_not_match_fails() -> None:
     """The comparison itself, on memory:// (no store server keeps a wrong checksum)."""
     import fsspec
 
-    from atomicwrite._verify import _compare
+    from atomicwrite._cli.verify import _compare
 
     fs = fsspec.filesystem("memory")
     fs.pipe_file("/verify/data.bin", b"the bytes read back")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import atomicwrite
-from atomicwrite._local import lock_name, parse_temp_name
+from atomicwrite._names import lock_name, parse_temp_name
 from tests._workers import INITIAL_WRITER, collect, payload, release, spawn, touch, verify
 from tests.conftest import listing
 

@@ -34,7 +34,7 @@ from atomicwrite import (
     atomic_update,
     sweep,
 )
-from atomicwrite._local import parse_temp_name
+from atomicwrite._names import parse_temp_name
 from tests.conftest import listing
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 
 from atomicwrite import CheckpointStore, verify_directory
-from atomicwrite._directory import MANIFEST_NAME
+from atomicwrite._directories.manifest import MANIFEST_NAME
 from tests.crashsim import writers
 from tests.crashsim.model import crash_point, final_state, scan
 from tests.crashsim.replay import Expectation, Exploration, explore

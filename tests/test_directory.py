@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -17,7 +18,6 @@ from typing import Any
 
 import pytest
 
-import atomicwrite._directory as directory_module
 from atomicwrite import (
     CheckpointStore,
     ConflictError,
@@ -30,8 +30,9 @@ from atomicwrite import (
     sweep,
     verify_directory,
 )
-from atomicwrite._directory import MANIFEST_NAME
-from atomicwrite._local import parse_staging_name
+from atomicwrite._directories.manifest import MANIFEST_NAME
+from atomicwrite._local.posix import PosixStrategy
+from atomicwrite._names import parse_staging_name
 from tests._dirworkers import content, write_version
 from tests._stores import moto_endpoint, s3_options
 
@@ -311,9 +312,13 @@ def test_local_refuses_a_file_at_the_target(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == ["ckpt"]
 
 
-def test_local_replace_without_rename_exchange(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("missing", [("exchange",), ("exchange", "rename_exclusive")])
+def test_local_replace_without_rename_exchange(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, missing: tuple[str, ...]
+) -> None:
     """The fallback where renameat2 is missing: park the old directory, move the new one in."""
-    monkeypatch.setattr(directory_module, "_renameat2", lambda: None)
+    for call in missing:
+        monkeypatch.setattr(PosixStrategy, call, lambda self, dir_fd, source, destination: errno.ENOSYS)
     target = tmp_path / "ckpt"
     for version in (b"one", b"two", b"three"):
         with atomic_directory(target) as stage:
@@ -666,7 +671,7 @@ def test_sigkill_at_every_flush_and_rename_of_a_save(tmp_path: Path) -> None:
 def test_sweep_removes_a_dead_writers_generation_on_a_store(place: Place) -> None:
     if place.kind == "local":
         pytest.skip("local staging directories are covered above")
-    from atomicwrite._local import host_tag
+    from atomicwrite._names import host_tag
 
     target = place.url("ckpt")
     with atomic_directory(target, storage_options=place.options) as stage:
@@ -703,7 +708,7 @@ def test_each_process_describes_the_files_it_declared(place: Place) -> None:
     as a directory is not a file; a declared file that was never written is an error."""
     import hashlib
 
-    from atomicwrite._directory import describe_files
+    from atomicwrite._directories.staging import describe_files
 
     transaction = begin_directory(place.url("ckpt"), storage_options=place.options)
     try:
@@ -778,11 +783,11 @@ def test_single_files_flush_like_directories_do_on_macos(tmp_path: Path, monkeyp
     on macOS, a single file's flushes, of the file and of its directory, ask for F_FULLFSYNC."""
     import importlib.util
 
-    import atomicwrite._posix as posix_module
+    import atomicwrite._local.posix as posix_module
     from atomicwrite._strategy import WriteOptions
 
     full_flushes = _as_on_macos(monkeypatch)
-    spec = importlib.util.spec_from_file_location("atomicwrite._posix_on_macos", posix_module.__file__)
+    spec = importlib.util.spec_from_file_location("atomicwrite._local.posix_on_macos", posix_module.__file__)
     assert spec is not None
     assert spec.loader is not None
     as_on_macos = importlib.util.module_from_spec(spec)
@@ -799,7 +804,7 @@ def test_single_files_flush_like_directories_do_on_macos(tmp_path: Path, monkeyp
 
 def test_flush_falls_back_to_fsync_where_full_flush_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     fcntl = pytest.importorskip("fcntl")
-    from atomicwrite._local import flush_to_disk
+    from atomicwrite._local.base import flush_to_disk
 
     calls: list[str] = []
 

@@ -18,7 +18,7 @@ from typing import ClassVar
 import pytest
 
 import atomicwrite
-import atomicwrite._posix as posix
+import atomicwrite._local.posix as posix
 from atomicwrite import (
     AtomicOSError,
     AtomicPermissionError,
@@ -30,7 +30,7 @@ from atomicwrite import (
     atomic_open,
     atomic_save,
 )
-from atomicwrite._local import parse_temp_name
+from atomicwrite._names import parse_temp_name
 from tests._workers import collect, spawn
 from tests.conftest import listing
 

@@ -29,8 +29,8 @@ from atomicwrite import (
     atomic_save,
     sweep,
 )
-from atomicwrite._gcs import CHUNK_QUANTUM, GCSBackend, GCSStrategy
-from atomicwrite._local import host_tag
+from atomicwrite._names import host_tag
+from atomicwrite._stores.gcs import CHUNK_QUANTUM, GCSBackend, GCSStrategy
 from atomicwrite._strategy import WriteOptions, resolve_target
 from tests import _gcs_server  # sets GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false before gcsfs is imported
 from tests._gcs_server import BUCKET, GCSServer, Recorded, gcs_server
@@ -406,7 +406,7 @@ class TestGCS(ObjectStoreContract):
             "from atomicwrite import atomic_open\n"
             "options = json.loads(sys.argv[2])\n"
             "chunk = os.urandom(1 << 20)\n"
-            "import atomicwrite._gcs, fsspec, gcsfs\n"
+            "import atomicwrite._stores.gcs, fsspec, gcsfs\n"
             "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
             "with atomic_open(sys.argv[1], 'wb', storage_options=options) as f:\n"
             "    for _ in range(128): f.write(chunk)\n"

@@ -27,11 +27,11 @@ import atomicwrite
 from atomicwrite import (
     AtomicOSError,
     TargetNotFoundError,
-    _posix,
     atomic_open,
     atomic_save,
 )
-from atomicwrite._local import host_tag, parse_temp_name, temp_name
+from atomicwrite._local import posix as _posix
+from atomicwrite._names import host_tag, parse_temp_name, temp_name
 from tests._workers import INITIAL_WRITER, ROOT, collect, payload, release, spawn, touch, verify
 from tests.conftest import listing
 

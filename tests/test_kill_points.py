@@ -37,7 +37,7 @@ from typing import Any
 
 import pytest
 
-from atomicwrite._local import host_tag, parse_temp_name
+from atomicwrite._names import host_tag, parse_temp_name
 from tests._workers import ROOT, verify
 from tests.conftest import TERMINAL_SUMMARY
 from tests.test_syscalls import Call, _parse, _strace, _unquote

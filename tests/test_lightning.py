@@ -28,7 +28,7 @@ pytest.importorskip("lightning")
 
 import atomicwrite.torch as awt  # noqa: E402 - after the importorskip
 from atomicwrite import sweep  # noqa: E402
-from atomicwrite._local import parse_temp_name  # noqa: E402
+from atomicwrite._names import parse_temp_name  # noqa: E402
 from atomicwrite.lightning import classes_for, link_atomically  # noqa: E402
 
 from ._lightning_workers import QUIET, loaders, make_model, namespace_modules  # noqa: E402
@@ -412,7 +412,7 @@ def test_link_replaces_a_regular_file_and_sweep_removes_a_dead_writers_temp(tmp_
     link = tmp_path / "last.ckpt"
     link.write_bytes(b"old full copy")
     # A temp symlink left by a writer killed between its symlink and its rename.
-    from atomicwrite._local import host_tag
+    from atomicwrite._names import host_tag
 
     dead_pid = 2**22 + 12345  # above the default pid_max: never a live process here
     stale = tmp_path / f".last.ckpt.aw{host_tag()}.{dead_pid}.0badc0de.link"

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from atomicwrite import atomic_open, atomic_save, sweep
-from atomicwrite._local import host_tag
+from atomicwrite._names import host_tag
 from tests._stores import moto_endpoint, s3_options
 from tests.objectstore_contract import MiB, ObjectStoreContract, StoreHandle, markers, unique_prefix
 
@@ -163,7 +163,7 @@ class TestS3(ObjectStoreContract):
         code = (
             "import json, os, sys, time\n"
             "from atomicwrite import atomic_open\n"
-            "from atomicwrite._s3 import S3Backend\n"
+            "from atomicwrite._stores.s3 import S3Backend\n"
             "create = S3Backend.start\n"
             "def start_then_hang(self, **kwargs):\n"
             "    create(self, **kwargs)\n"

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from atomicwrite._local import parse_temp_name
+from atomicwrite._names import parse_temp_name
 from tests._workers import ROOT, payload
 from tests.conftest import listing
 

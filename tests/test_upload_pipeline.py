@@ -12,8 +12,8 @@ import pytest
 
 import atomicwrite._strategy as strategy_registry
 from atomicwrite import AtomicOSError, atomic_open
-from atomicwrite._memory import MemoryStrategy
-from atomicwrite._objectstore import ObjectStoreBackend
+from atomicwrite._stores.base import ObjectStoreBackend
+from atomicwrite._stores.memory import MemoryStrategy
 from atomicwrite._strategy import WriteOptions
 
 PART = 1 << 20

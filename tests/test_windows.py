@@ -39,9 +39,7 @@ from atomicwrite import (
     atomic_save,
     atomic_update,
 )
-from atomicwrite._local import host_tag, parse_temp_name
-from atomicwrite._result import LocalVersion
-from atomicwrite._windows import (
+from atomicwrite._local.windows import (
     ERROR_ACCESS_DENIED,
     ERROR_ALREADY_EXISTS,
     ERROR_FILE_EXISTS,
@@ -58,6 +56,8 @@ from atomicwrite._windows import (
     _strip_extended_prefix,
     retry_delays,
 )
+from atomicwrite._names import host_tag, parse_temp_name
+from atomicwrite._result import LocalVersion
 
 ROOT = Path(__file__).resolve().parent.parent
 REPLACE = MOVEFILE_REPLACE_EXISTING | MOVEFILE_WRITE_THROUGH
@@ -818,7 +818,7 @@ def test_module_needs_no_fcntl(tmp_path: Path) -> None:
         "import os, sys\n"
         "sys.modules['fcntl'] = None\n"
         f"sys.path.insert(0, {str(ROOT)!r})\n"
-        "from atomicwrite._windows import Kernel32, WindowsStrategy\n"
+        "from atomicwrite._local.windows import Kernel32, WindowsStrategy\n"
         "import atomicwrite._strategy as registry\n"
         "class K(Kernel32):\n"
         "    def move_file_ex(self, src, dst, flags): os.replace(src, dst); return 0\n"
@@ -1018,7 +1018,9 @@ def test_real_kernel32_glue(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ctypes, "WinDLL", load_dll, raising=False)
     monkeypatch.setattr(ctypes, "get_last_error", lambda: last_error[0], raising=False)
     monkeypatch.setattr(sys, "platform", "win32")
-    spec = importlib.util.spec_from_file_location("atomicwrite._windows_as_win32", ROOT / "atomicwrite" / "_windows.py")
+    spec = importlib.util.spec_from_file_location(
+        "atomicwrite._local.windows_as_win32", ROOT / "atomicwrite" / "_local" / "windows.py"
+    )
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)

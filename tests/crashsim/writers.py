@@ -88,9 +88,9 @@ def atomicwrite_writer(target: str, mode: str = "wb", durability: str = "full") 
 
 def atomicwrite_link_fallback(target: str, durability: str = "full") -> None:
     """Exclusive create where renameat2(RENAME_NOREPLACE) is missing: link(2) + unlink(2)."""
-    from atomicwrite import _posix
+    from atomicwrite._local import posix as _posix
 
-    _posix._rename_exclusive = None  # as if libc had no renameat2
+    _posix._renameat2 = None  # as if libc had no renameat2
     atomicwrite_writer(target, "xb", durability)
 
 
@@ -186,7 +186,7 @@ def _plain_stage(target: str, files: dict[str, bytes], *, flush: bool) -> str:
     import uuid
 
     from atomicwrite import DirectoryManifest, FileEntry
-    from atomicwrite._directory import MANIFEST_NAME
+    from atomicwrite._directories.manifest import MANIFEST_NAME
 
     parent, name = os.path.split(target)
     stage = os.path.join(parent, f".{name}.plain.stage")

@@ -48,7 +48,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, TypeVar
 
-from ._errors import (
+from .._errors import (
     AtomicOSError,
     AtomicWriteError,
     DurabilityError,
@@ -56,9 +56,10 @@ from ._errors import (
     UnsupportedTargetError,
     os_error,
 )
-from ._local import FRESH_TEMP_GRACE, LocalStrategy, require_version, temp_name, temp_stream
-from ._result import CommitResult, Durability, LocalVersion
-from ._strategy import PendingWrite, WriteOptions
+from .._names import FRESH_TEMP_GRACE, host_tag, temp_name
+from .._result import CommitResult, Durability, LocalVersion
+from .._strategy import PendingWrite, WriteOptions
+from .base import LocalStrategy, require_version, temp_stream
 
 if TYPE_CHECKING:
     pass
@@ -701,8 +702,12 @@ class WindowsStrategy(LocalStrategy):
             except OSError as exc:
                 raise os_error(exc, location, "creating the temp file") from exc
 
+    def writer_alive(self, host: str, pid: int) -> bool | None:
+        # OpenProcess, never os.kill, which terminates the process on Windows.
+        return self.kernel32.process_alive(pid) if host == host_tag() else None
+
     def remove_if_stale(
-        self, directory: str, entry: str, *, same_host: bool, pid: int, cutoff: float, dry_run: bool
+        self, directory: str, entry: str, *, writer: tuple[str, int], cutoff: float, dry_run: bool
     ) -> bool:
         """The Windows rule, one test after another:
 
@@ -722,7 +727,7 @@ class WindowsStrategy(LocalStrategy):
         if not stat.S_ISREG(st.st_mode):
             return False
         old_enough = st.st_mtime < cutoff and st.st_mtime < time.time() - FRESH_TEMP_GRACE
-        if not old_enough and (not same_host or self.kernel32.process_alive(pid)):
+        if not old_enough and self.writer_alive(*writer) is not False:
             return False
         if dry_run:
             # Open for DELETE access, the one thing a live writer's share mode refuses.

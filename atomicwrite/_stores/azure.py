@@ -46,9 +46,9 @@ import weakref
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from ._errors import AtomicWriteError, UnsupportedTargetError
-from ._objectstore import MiB, ObjectStoreBackend, ObjectStoreStrategy, PreconditionFailed
-from ._strategy import WriteOptions, split_protocol
+from .._errors import AtomicWriteError, UnsupportedTargetError
+from .._strategy import WriteOptions, split_protocol
+from .base import MiB, ObjectStoreBackend, ObjectStoreStrategy, PreconditionFailed
 
 if TYPE_CHECKING:
     from azure.core.exceptions import HttpResponseError

@@ -14,8 +14,8 @@ import itertools
 import threading
 from typing import Any
 
-from ._objectstore import MiB, ObjectStoreBackend, ObjectStoreStrategy, PreconditionFailed
-from ._strategy import WriteOptions
+from .._strategy import WriteOptions
+from .base import MiB, ObjectStoreBackend, ObjectStoreStrategy, PreconditionFailed
 
 __all__ = ["MemoryStrategy"]
 
@@ -72,6 +72,9 @@ class MemoryStrategy(ObjectStoreStrategy):
     def backend(self, location: str, options: WriteOptions) -> MemoryBackend:
         fs = self.filesystem(options)
         return MemoryBackend(fs, fs._strip_protocol(location))
+
+    def version(self, path: str, options: WriteOptions) -> object | None:
+        return _GENERATIONS.get(path) if self.filesystem(options).exists(path) else None
 
     def write_marker(
         self,

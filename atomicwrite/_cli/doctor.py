@@ -22,18 +22,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ._api import atomic_open
-from ._errors import (
+from .._api import atomic_open
+from .._errors import (
     AtomicPermissionError,
     ConflictError,
     TargetExistsError,
     TargetNotFoundError,
     UnsupportedTargetError,
 )
-from ._local import LocalStrategy, temp_name
-from ._objectstore import ObjectStoreStrategy
-from ._result import CommitResult
-from ._strategy import WriteOptions, resolve_target
+from .._local.base import LocalStrategy
+from .._names import temp_name
+from .._result import CommitResult
+from .._stores.base import ObjectStoreStrategy
+from .._strategy import WriteOptions, resolve_target
 
 __all__ = ["Check", "DoctorReport", "Guarantee", "diagnose", "filesystem_type"]
 
@@ -385,7 +386,10 @@ def _probe_posix_calls(report: DoctorReport, directory: str, scratch: _Scratch, 
     else:
         import fcntl
 
-        from ._posix import _NO_DIR_FSYNC, _NO_TMPFILE, _load_rename_exclusive, _sync
+        from .._local.base import flush_to_disk
+        from .._local.posix import NO_DIR_FSYNC, NO_TMPFILE, PosixStrategy
+
+        strategy = PosixStrategy()
 
         add = report.checks.append
         dir_fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | os.O_CLOEXEC)
@@ -395,44 +399,38 @@ def _probe_posix_calls(report: DoctorReport, directory: str, scratch: _Scratch, 
                     os.close(os.open(".", os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600, dir_fd=dir_fd))
                     add(Check("o_tmpfile", "O_TMPFILE", "yes", "unnamed temp files: a killed writer leaves nothing"))
                 except OSError as exc:
-                    if exc.errno not in _NO_TMPFILE:
+                    if exc.errno not in NO_TMPFILE:
                         raise
                     add(Check("o_tmpfile", "O_TMPFILE", "no", f"refused ({_errno_name(exc)}): temp files are named"))
             else:
                 add(Check("o_tmpfile", "O_TMPFILE", "n/a", "Linux only: temp files are named"))
 
-            import ctypes
-
-            rename_exclusive, flag = _load_rename_exclusive()
             fresh = scratch.new()
-            if rename_exclusive is None:
+            code = strategy.rename_exclusive(dir_fd, existing, other)
+            if code == 0:
+                add(Check("rename_noreplace", "RENAME_NOREPLACE", "no", "replaced an existing name: not honoured"))
+            elif code == errno.ENOSYS:
                 add(
-                    Check("rename_noreplace", "RENAME_NOREPLACE", "no", "not in this C library: link() is used instead")
+                    Check(
+                        "rename_noreplace",
+                        "RENAME_NOREPLACE",
+                        "no",
+                        "not in this C library or kernel, or refused by this file system: link() is used instead",
+                    )
                 )
+            elif code != errno.EEXIST:
+                reason = errno.errorcode.get(code, str(code))
+                add(Check("rename_noreplace", "RENAME_NOREPLACE", "no", f"refused ({reason}): link() is used instead"))
             else:
-                refused = rename_exclusive(dir_fd, os.fsencode(existing), dir_fd, os.fsencode(other), flag)
-                code = ctypes.get_errno()
-                if refused == 0:
-                    add(Check("rename_noreplace", "RENAME_NOREPLACE", "no", "replaced an existing name: not honoured"))
-                elif code != errno.EEXIST:
-                    reason = errno.errorcode.get(code, str(code))
-                    add(
-                        Check(
-                            "rename_noreplace", "RENAME_NOREPLACE", "no", f"refused ({reason}): link() is used instead"
-                        )
+                moved = strategy.rename_exclusive(dir_fd, existing, fresh) == 0
+                add(
+                    Check(
+                        "rename_noreplace",
+                        "RENAME_NOREPLACE",
+                        "yes" if moved else "no",
+                        "renameat2 refuses an existing name (EEXIST)" if moved else "renameat2 failed on a new name",
                     )
-                else:
-                    moved = rename_exclusive(dir_fd, os.fsencode(existing), dir_fd, os.fsencode(fresh), flag) == 0
-                    add(
-                        Check(
-                            "rename_noreplace",
-                            "RENAME_NOREPLACE",
-                            "yes" if moved else "no",
-                            "renameat2 refuses an existing name (EEXIST)"
-                            if moved
-                            else "renameat2 failed on a new name",
-                        )
-                    )
+                )
             hard = scratch.new()
             try:
                 os.link(other, hard, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
@@ -448,7 +446,7 @@ def _probe_posix_calls(report: DoctorReport, directory: str, scratch: _Scratch, 
                     for _ in range(_FSYNC_SAMPLES):
                         os.write(fd, _PAYLOAD)
                         started = time.perf_counter()
-                        _sync(fd)
+                        flush_to_disk(fd)
                         timings.append(time.perf_counter() - started)
                     median = _ms(statistics.median(timings))
                     add(Check("fsync_latency_ms", "fsync latency (4 KiB, median)", "info", f"{median} ms", median))
@@ -469,12 +467,12 @@ def _probe_posix_calls(report: DoctorReport, directory: str, scratch: _Scratch, 
             finally:
                 os.close(fd)
             try:
-                _sync(dir_fd)
+                flush_to_disk(dir_fd)
                 add(
                     Check("dir_fsync", "directory fsync", "yes", "accepted: the new name is flushed with its directory")
                 )
             except OSError as exc:
-                if exc.errno not in _NO_DIR_FSYNC:
+                if exc.errno not in NO_DIR_FSYNC:
                     raise
                 add(Check("dir_fsync", "directory fsync", "no", f"refused ({_errno_name(exc)})", _errno_name(exc)))
         finally:
@@ -594,15 +592,15 @@ def _local_guarantees(report: DoctorReport, strategy: LocalStrategy, fstype: str
 # Per protocol: (smallest part, largest part, most parts) of a multi-part upload, or None.
 def _part_limits(strategy: ObjectStoreStrategy) -> tuple[int, int | None, int | None] | None:
     if strategy.protocol == "s3":
-        from ._s3 import MAX_PARTS, MIN_PART
+        from .._stores.s3 import MAX_PARTS, MIN_PART
 
         return MIN_PART, 5 << 30, MAX_PARTS
     if strategy.protocol == "gs":
-        from ._gcs import CHUNK_QUANTUM
+        from .._stores.gcs import CHUNK_QUANTUM
 
         return CHUNK_QUANTUM, None, None
     if strategy.protocol == "az":
-        from ._azure import MAX_BLOCKS, MAX_PART, MIN_PART
+        from .._stores.azure import MAX_BLOCKS, MAX_PART, MIN_PART
 
         return MIN_PART, MAX_PART, MAX_BLOCKS
     return None
@@ -787,7 +785,7 @@ def _probe_multipart(
     left = fs.exists(f"{prefix}/{aborted}")
     pending: list[str] = []
     if strategy.protocol == "s3":
-        from ._s3 import pending_uploads
+        from .._stores.s3 import pending_uploads
 
         bucket, path, _ = fs.split_path(f"{prefix}/{aborted}")
         pending = pending_uploads(fs, bucket, path)

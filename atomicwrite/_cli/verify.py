@@ -30,8 +30,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from ._errors import TargetNotFoundError, UnsupportedTargetError
-from ._strategy import split_protocol
+from .._errors import TargetNotFoundError, UnsupportedTargetError
+from .._strategy import split_protocol
 
 __all__ = ["CheckResult", "VerifyReport", "verify"]
 
@@ -95,8 +95,8 @@ def verify(target: str, *, storage_options: Mapping[str, Any] | None = None, ful
 def _verify_directory(target: str, options: Mapping[str, Any]) -> VerifyReport:
     """A directory published by ``atomic_directory`` is checked against its manifest; a
     ``CheckpointStore`` root, by the generation its ``latest`` pointer names."""
-    from ._checkpoints import CheckpointStore
-    from ._directory import verify_directory
+    from .._directories.generations import CheckpointStore
+    from .._directories.reading import verify_directory
 
     result = verify_directory(target, storage_options=options)
     kind, where = "directory", ""
@@ -139,7 +139,7 @@ def _filesystem(target: str, options: Mapping[str, Any]) -> tuple[Any, str]:
 
 
 def _torch_check(target: str, options: Mapping[str, Any], full: bool, info: Mapping[str, Any]) -> CheckResult:
-    from . import torch as checkpoints
+    from .. import torch as checkpoints
 
     name = "torch checkpoint"
     if not info.get("size") and not target.endswith(_CHECKPOINT_SUFFIXES):

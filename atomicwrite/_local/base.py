@@ -1,10 +1,6 @@
-"""What the POSIX and Windows strategies share: temp names, target resolution, locks, sweeping.
-
-Temp names look like ``.{name}.aw{host}.{pid}.{random}.tmp``: hidden, beside the target, and
-specific enough that [`sweep`][atomicwrite.sweep] never mistakes a user's own ``.x.tmp`` for one of
-ours.  ``host`` (a CRC of the host name) and ``pid`` tell a sweep whether the writer can still be
-alive; ``random`` makes names unguessable and unique.
-"""
+"""What the POSIX and Windows strategies share: target resolution and the symlink policy, the
+temp file's stream, the pending write's state, the lock file, the checks before a replace, and
+the sweep of a directory's temp files (the names themselves are `atomicwrite._names`')."""
 
 from __future__ import annotations
 
@@ -12,113 +8,30 @@ import contextlib
 import errno
 import io
 import os
-import re
-import socket
 import stat
 import sys
 import time
-import zlib
 from abc import abstractmethod
 from typing import TYPE_CHECKING, Any
 
-from ._errors import ConflictError, TargetExistsError, TargetIsADirectoryError, UnsupportedTargetError, os_error
-from ._result import LocalVersion
-from ._strategy import ProgressCallback, Strategy, TargetLock, WriteOptions
+from .._errors import ConflictError, TargetExistsError, TargetIsADirectoryError, UnsupportedTargetError, os_error
+from .._names import lock_name, parse_temp_name, temp_name, writer_alive
+from .._result import LocalVersion
+from .._strategy import ProgressCallback, Strategy, TargetLock, WriteOptions
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
 __all__ = [
-    "FRESH_TEMP_GRACE",
     "LocalStrategy",
     "TempFileStream",
-    "host_tag",
-    "lock_name",
-    "parse_staging_name",
-    "parse_temp_name",
-    "temp_name",
+    "flush_to_disk",
+    "names_a_directory",
+    "replace_symlink",
+    "require_version",
+    "start_writeback",
     "temp_stream",
 ]
-
-# The longest file name most file systems accept (ext4, XFS, APFS, NTFS: 255).
-NAME_MAX = 255
-_SUFFIX = ".tmp"
-# A temp younger than this is never swept while its writer may be alive: it covers the instant
-# between a writer creating its temp and locking (or opening) it.
-FRESH_TEMP_GRACE = 10.0
-_TEMP_NAME = re.compile(
-    r"^\.(?P<name>.+)\.aw(?P<host>[0-9a-f]{8})\.(?P<pid>[0-9]{1,10})\.(?P<rand>[0-9a-f]{8})\.tmp$", re.DOTALL
-)
-
-_STAGING_NAME = re.compile(
-    r"^\.(?P<name>.+)\.aw(?P<host>[0-9a-f]{8})\.(?P<pid>[0-9]{1,10})\.(?P<rand>[0-9a-f]{8})\.(?P<kind>stage|link)$",
-    re.DOTALL,
-)
-
-_host_tag: str | None = None
-
-
-def host_tag() -> str:
-    """Eight hex digits that identify this host in temp names."""
-    global _host_tag
-    if _host_tag is None:
-        _host_tag = format(zlib.crc32(socket.gethostname().encode("utf-8", "surrogateescape")), "08x")
-    return _host_tag
-
-
-# ".aw{host}.{pid}." of this process, built once: os.getpid() is a system call each time, and
-# every replace makes a temp name.  A forked child builds its own.
-_process_tag: str | None = None
-
-
-def _forked() -> None:
-    global _process_tag
-    _process_tag = None
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forked)
-
-
-def _fit(name: str, room: int) -> str:
-    """``name`` cut to at most ``room`` bytes of UTF-8, never splitting a character."""
-    encoded = name.encode("utf-8", "surrogateescape")
-    if len(encoded) <= room:
-        return name
-    return encoded[:room].decode("utf-8", "ignore")
-
-
-def temp_name(name: str, suffix: str = _SUFFIX) -> str:
-    """A fresh temp name for a write to ``name``, at most NAME_MAX bytes long.
-
-    ``suffix`` is ``.tmp`` for a temp file, ``.stage`` for an atomic_directory's staging
-    directory and ``.link`` for a symlink about to replace another: sweep() removes only a
-    regular file as a ``.tmp``, only a directory as a ``.stage``, only a symlink as a ``.link``.
-    """
-    global _process_tag
-    if _process_tag is None:
-        _process_tag = f".aw{host_tag()}.{os.getpid()}."
-    tail = f"{_process_tag}{os.urandom(4).hex()}{suffix}"
-    room = NAME_MAX - 1 - len(tail)
-    # A character is at most four bytes of UTF-8: most names fit without being encoded.
-    return "." + (name if len(name) * 4 <= room else _fit(name, room)) + tail
-
-
-def parse_temp_name(entry: str) -> tuple[str, int] | None:
-    """``(host_tag, pid)`` if ``entry`` is one of our temp names, else None."""
-    match = _TEMP_NAME.match(entry)
-    if match is None:
-        return None
-    return match.group("host"), int(match.group("pid"))
-
-
-def parse_staging_name(entry: str) -> tuple[str, int, str] | None:
-    """``(host_tag, pid, kind)`` if ``entry`` names a staging directory (kind ``"stage"``) or a
-    pointer's temp symlink (``"link"``), else None."""
-    match = _STAGING_NAME.match(entry)
-    if match is None:
-        return None
-    return match.group("host"), int(match.group("pid")), match.group("kind")
 
 
 def flush_to_disk(fd: int) -> None:
@@ -195,12 +108,6 @@ def replace_symlink(directory: str, name: str, points_to: str, *, durable: bool 
             flush_to_disk(dir_fd)
     finally:
         os.close(dir_fd)
-
-
-def lock_name(name: str) -> str:
-    """The lock file that serializes writers of ``name`` (``lock=True``); it is never removed,
-    since removing a lock file races with the next writer that opens it."""
-    return "." + _fit(name, NAME_MAX - 6) + ".lock"
 
 
 def names_a_directory(location: str) -> TargetIsADirectoryError:
@@ -362,9 +269,10 @@ class LocalStrategy(Strategy):
         return _PortalockerLock(handle)
 
     def sweep(self, location: str, older_than: float, dry_run: bool, options: WriteOptions) -> list[str]:
-        # Lexically normalized ("./x/." -> "x") so the paths reported back read as expected.
-        directory = os.path.normpath(self.absolute(location))
-        now = time.time()
+        """Remove the temp files of dead writers in the directory ``location`` (its staging
+        directories and pointer links are the directory layer's, swept by `atomicwrite.sweep`)."""
+        directory = self.sweep_directory(location)
+        cutoff = time.time() - older_than
         removed: list[str] = []
         try:
             entries = sorted(os.listdir(directory))
@@ -372,37 +280,29 @@ class LocalStrategy(Strategy):
             raise os_error(exc, location, "listing the directory", verb="sweep") from exc
         for entry in entries:
             parsed = parse_temp_name(entry)
-            if parsed is None:
-                staged = parse_staging_name(entry)
-                if staged is not None and sys.platform != "win32":
-                    from ._directory import remove_stale_staging
-
-                    host, pid, kind = staged
-                    if remove_stale_staging(
-                        directory,
-                        entry,
-                        kind,
-                        same_host=host == host_tag(),
-                        pid=pid,
-                        cutoff=now - older_than,
-                        dry_run=dry_run,
-                    ):
-                        removed.append(os.path.join(directory, entry))
-                continue
-            host, pid = parsed
-            stale = self.remove_if_stale(
-                directory, entry, same_host=host == host_tag(), pid=pid, cutoff=now - older_than, dry_run=dry_run
-            )
-            if stale:
+            if parsed is not None and self.remove_if_stale(
+                directory, entry, writer=parsed, cutoff=cutoff, dry_run=dry_run
+            ):
                 removed.append(os.path.join(directory, entry))
         return removed
 
+    def sweep_directory(self, location: str) -> str:
+        """The directory a sweep of ``location`` lists, lexically normalized ("./x/." -> "x") so
+        that the paths reported back read as expected."""
+        return os.path.normpath(self.absolute(location))
+
+    def writer_alive(self, host: str, pid: int) -> bool | None:
+        """Whether the writer ``(host, pid)`` of a leftover still runs; None where it cannot be
+        known (see `atomicwrite._names.writer_alive`)."""
+        return writer_alive(host, pid)
+
     @abstractmethod
     def remove_if_stale(
-        self, directory: str, entry: str, *, same_host: bool, pid: int, cutoff: float, dry_run: bool
+        self, directory: str, entry: str, *, writer: tuple[str, int], cutoff: float, dry_run: bool
     ) -> bool:
         """Remove the temp ``entry`` if its writer is gone; True if it was (or would be) removed.
 
-        ``cutoff`` is a time stamp: a temp last modified before it may be removed even when its
-        writer's liveness cannot be known (another host, a reused pid).
+        ``writer`` is the ``(host, pid)`` its name carries, for `writer_alive` (asked only when
+        the answer matters).  ``cutoff`` is a time stamp: a temp last modified before it may be
+        removed even when its writer's liveness cannot be known (another host, a reused pid).
         """

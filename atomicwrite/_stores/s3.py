@@ -14,10 +14,10 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from ._errors import UnsupportedTargetError
-from ._local import parse_temp_name
-from ._objectstore import MiB, ObjectStoreBackend, ObjectStoreStrategy, PreconditionFailed
-from ._strategy import WriteOptions
+from .._errors import UnsupportedTargetError
+from .._names import parse_temp_name
+from .._strategy import WriteOptions
+from .base import MiB, ObjectStoreBackend, ObjectStoreStrategy, PreconditionFailed
 
 __all__ = ["S3Backend", "S3Strategy"]
 
@@ -188,6 +188,13 @@ class S3Strategy(ObjectStoreStrategy):
 
     name = "s3"
     protocol = "s3"
+
+    def version(self, path: str, options: WriteOptions) -> object | None:
+        try:
+            info: dict[str, Any] = self.filesystem(options).info(path, refresh=True)
+        except FileNotFoundError:
+            return None
+        return info.get("ETag")
 
     def backend(self, location: str, options: WriteOptions) -> S3Backend:
         fs = self.filesystem(options)

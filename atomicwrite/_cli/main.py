@@ -22,8 +22,8 @@ from typing import IO, TYPE_CHECKING, Any
 
 import click
 
-from . import __version__
-from ._errors import AtomicWriteError
+from .. import __version__
+from .._errors import AtomicWriteError
 
 __all__ = ["main", "parse_duration", "parse_storage_options"]
 
@@ -163,7 +163,7 @@ class _Group(click.Group):
             raise _usage_line(exc) from exc
 
     def invoke(self, ctx: click.Context) -> Any:
-        from ._demo import DemoError
+        from .demo import DemoError
 
         try:
             return super().invoke(ctx)
@@ -202,7 +202,7 @@ def sweep_command(path: str, older_than: float, dry_run: bool, storage: dict[str
     Only atomicwrite's own leftovers are touched, never a user's file and never the temp of a
     writer that is still running.  Prints each removed path.
     """
-    from . import sweep
+    from .. import sweep
 
     removed = sweep(path, older_than=older_than, dry_run=dry_run, storage_options=storage)
     for entry in removed:
@@ -284,7 +284,7 @@ def demo_command(
     Exits 0 when atomic_open never left a torn, empty or missing file or object and sweep()
     removed every leftover; plain open() is expected to leave torn files.
     """
-    from ._demo import run_demo
+    from .demo import run_demo
 
     code = run_demo(
         kills=kills,
@@ -323,7 +323,7 @@ def doctor_command(ctx: click.Context, path: str, storage: dict[str, Any], as_js
 
     Exit status: 0 when every guarantee holds, 3 when some do not, 1 on an error.
     """
-    from ._doctor import diagnose
+    from .doctor import diagnose
 
     report = diagnose(path, storage_options=storage, multipart=not no_multipart)
     if as_json:
@@ -376,7 +376,7 @@ def verify_command(ctx: click.Context, path: str, storage: dict[str, Any], full:
     Exit status: 0 intact (a check passed, none failed), 1 torn or an error, 3 unverified (no
     check applies).
     """
-    from ._verify import verify
+    from .verify import verify
 
     report = verify(path, storage_options=storage, full=full)
     if as_json:
@@ -419,7 +419,7 @@ def cp_command(
     A DESTINATION that ends with / or is an existing directory gets SOURCE's name.  The bytes
     are streamed (a progress bar on a terminal); nothing but the content is copied.
     """
-    from ._copy import copy
+    from .cp import copy
 
     console = _console(stderr=True)
     bar: Any = None

@@ -23,21 +23,15 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, Any, Literal, cast
 
-from ._directory import (
-    MANIFEST_NAME,
-    DirectoryCommitResult,
-    DirectoryVerification,
-    PublishedDirectory,
-    StagingDirectory,
-    _remove_prefix,
-    _remove_tree,
-    begin_directory,
-    open_directory,
-    verify_directory,
-)
-from ._errors import AtomicWriteError, ConflictError, TargetNotFoundError, UnsupportedTargetError, UsageError
-from ._local import replace_symlink
-from ._strategy import WriteOptions, resolve_target
+from .._errors import AtomicWriteError, ConflictError, TargetNotFoundError, UnsupportedTargetError, UsageError
+from .._local.base import replace_symlink
+from .._strategy import WriteOptions, resolve_target
+from .api import begin_directory
+from .local import remove_tree
+from .manifest import MANIFEST_NAME, DirectoryCommitResult, DirectoryVerification
+from .reading import PublishedDirectory, open_directory, verify_directory
+from .staging import StagingDirectory
+from .store import remove_prefix
 
 __all__ = ["CheckpointStore", "Generation"]
 
@@ -112,7 +106,7 @@ class CheckpointStore:
         self.storage_options: dict[str, Any] = dict(storage_options or {})
         self._pattern = re.compile(re.escape(prefix) + r"(?P<number>[0-9]{8,})")
         strategy, location = resolve_target(root)
-        from ._objectstore import ObjectStoreStrategy
+        from .._stores.base import ObjectStoreStrategy
 
         self._strategy: Any = cast(Any, strategy)
         self.local = not isinstance(strategy, ObjectStoreStrategy)
@@ -202,15 +196,14 @@ class CheckpointStore:
         replace_symlink(self.root, POINTER_NAME, name, durable=self.durability != "none")
 
     def _swap_pointer_object(self, name: str) -> None:
-        from ._api import atomic_open
-        from ._directory import _store_version
+        from .._api import atomic_open
 
         fs = self._fs
         path = fs._strip_protocol(self._join(POINTER_NAME))
         number = self._number(name)
         assert number is not None
         for _ in range(_POINTER_RETRIES):
-            version = _store_version(self._strategy, fs, path)
+            version = self._strategy.version(path, WriteOptions(storage_options=self.storage_options))
             current = self.pointer() if version is not None else None
             current_number = None if current is None else self._number(current)
             if current_number is not None and current_number >= number:
@@ -328,7 +321,7 @@ class CheckpointStore:
         if self.local:
             dir_fd = os.open(self.root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
             try:
-                _remove_tree(self.root, dir_fd, name)
+                remove_tree(self.root, dir_fd, name)
             finally:
                 os.close(dir_fd)
             return
@@ -336,7 +329,7 @@ class CheckpointStore:
         # The manifest first: from then on no reader trusts the generation's files.
         with contextlib.suppress(FileNotFoundError):
             fs.rm_file(fs._strip_protocol(f"{self.root}/{name}/{MANIFEST_NAME}"))
-        _remove_prefix(fs, fs._strip_protocol(f"{self.root}/{name}"))
+        remove_prefix(fs, fs._strip_protocol(f"{self.root}/{name}"))
 
     def __repr__(self) -> str:
         return f"<CheckpointStore {self.root!r}>"

@@ -48,9 +48,9 @@ import uuid
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
-from ._errors import AtomicWriteError, ConflictError, TargetExistsError, UnsupportedTargetError, UsageError
-from ._objectstore import MiB, ObjectStoreBackend, ObjectStoreStrategy, PreconditionFailed
-from ._strategy import WriteOptions
+from .._errors import AtomicWriteError, ConflictError, TargetExistsError, UnsupportedTargetError, UsageError
+from .._strategy import WriteOptions
+from .base import MiB, ObjectStoreBackend, ObjectStoreStrategy, PreconditionFailed
 
 __all__ = ["GCSBackend", "GCSStrategy"]
 

@@ -28,25 +28,24 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn
 
-from ._errors import (
+from .._errors import (
     AtomicPermissionError,
     AtomicWriteError,
     DurabilityError,
     TargetExistsError,
     os_error,
 )
-from ._local import (
-    FRESH_TEMP_GRACE,
+from .._names import FRESH_TEMP_GRACE, temp_name
+from .._result import CommitResult, Durability, LocalVersion
+from .._strategy import PendingWrite, WriteOptions
+from .base import (
     LocalStrategy,
     flush_to_disk,
     names_a_directory,
     require_version,
     start_writeback,
-    temp_name,
     temp_stream,
 )
-from ._result import CommitResult, Durability, LocalVersion
-from ._strategy import PendingWrite, WriteOptions
 
 if TYPE_CHECKING:
     pass
@@ -54,16 +53,16 @@ if TYPE_CHECKING:
 # This module is for POSIX systems only; the assert tells type checkers so (mypy --platform win32).
 assert sys.platform != "win32"
 
-__all__ = ["PosixPendingWrite", "PosixStrategy", "current_umask", "pid_alive"]
+__all__ = ["NO_DIR_FSYNC", "NO_TMPFILE", "PosixPendingWrite", "PosixStrategy", "current_umask"]
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 # errnos by which open(O_TMPFILE) says "not here": the file system lacks support (EOPNOTSUPP),
 # or the kernel predates O_TMPFILE and sees only O_DIRECTORY (EISDIR) or rejects it (EINVAL).
-_NO_TMPFILE = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT}
+NO_TMPFILE = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT})
 # errnos by which a directory fsync says "not supported here" (CIFS, vboxsf, WSL DrvFs...).
-_NO_DIR_FSYNC = {errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EBADF, errno.EACCES}
+NO_DIR_FSYNC = frozenset({errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EBADF, errno.EACCES})
 
 
 _umask_lock = threading.Lock()
@@ -86,38 +85,35 @@ def current_umask() -> int:
     return mask
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists on this host (a reused pid counts as alive)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+_renameat2: Callable[[int, bytes, int, bytes, int], int] | bool | None = False
+# The flag that makes libc's flagged rename refuse an existing name: Linux renameat2's
+# RENAME_NOREPLACE (glibc 2.28+), macOS renameatx_np's RENAME_EXCL.
+_NOREPLACE = {"linux": 1, "darwin": 4}.get(sys.platform, 0)
+# ...and the one that swaps two names: renameat2's RENAME_EXCHANGE (Linux 3.15+).
+_EXCHANGE = 2 if sys.platform == "linux" else 0
 
 
-_rename_exclusive: Callable[[int, bytes, int, bytes, int], int] | bool | None = False
-
-
-def _load_rename_exclusive() -> tuple[Callable[[int, bytes, int, bytes, int], int] | None, int]:
-    """libc's no-replace rename and its flag: Linux ``renameat2(RENAME_NOREPLACE)`` (glibc 2.28+),
-    macOS ``renameatx_np(RENAME_EXCL)``; ``(None, 0)`` where neither exists."""
-    global _rename_exclusive
-    symbol, flag = {"linux": ("renameat2", 1), "darwin": ("renameatx_np", 4)}.get(sys.platform, ("", 0))
-    if _rename_exclusive is False:
+def _rename_with_flags(dir_fd: int, source: str, destination: str, flags: int) -> int:
+    """libc's flagged rename within ``dir_fd``: 0, or the errno; ENOSYS wherever the call or the
+    flag is missing (libc, kernel or file system), for the caller to fall back on."""
+    global _renameat2
+    if _renameat2 is False:
+        symbol = {"linux": "renameat2", "darwin": "renameatx_np"}.get(sys.platform, "")
         function = None
-        if symbol:
-            try:
-                function = getattr(ctypes.CDLL(None, use_errno=True), symbol)
-                function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-                function.restype = ctypes.c_int
-            except (OSError, AttributeError):
-                function = None
-        _rename_exclusive = function
-    return (_rename_exclusive, flag) if callable(_rename_exclusive) else (None, 0)
+        with contextlib.suppress(OSError, AttributeError):
+            function = getattr(ctypes.CDLL(None, use_errno=True), symbol) if symbol else None
+        if function is not None:
+            function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+            function.restype = ctypes.c_int
+        _renameat2 = function
+    if not callable(_renameat2) or not flags:
+        return errno.ENOSYS
+    if _renameat2(dir_fd, os.fsencode(source), dir_fd, os.fsencode(destination), flags) == 0:
+        return 0
+    code = ctypes.get_errno() or errno.EIO
+    # An old kernel (ENOSYS) or a file system without the flag (EINVAL, EOPNOTSUPP): one answer,
+    # so that every caller falls back the same way.
+    return errno.ENOSYS if code in (errno.EINVAL, errno.EOPNOTSUPP) else code
 
 
 def _lock_named_temp(fd: int) -> None:
@@ -285,7 +281,7 @@ class PosixPendingWrite(PendingWrite):
             # bring back the old name (or, for a new file, no name at all).
             _sync(dir_fd)
         except OSError as exc:
-            if exc.errno not in _NO_DIR_FSYNC:
+            if exc.errno not in NO_DIR_FSYNC:
                 raise os_error(exc, self._location, "flushing the directory") from exc
             return False
         return True
@@ -455,15 +451,13 @@ class PosixPendingWrite(PendingWrite):
         require_version(self._location, self._options.if_match, current)
 
     def _rename_noreplace(self, dir_fd: int, temp: str, name: str) -> None:
-        rename_exclusive, flag = _load_rename_exclusive()
-        if rename_exclusive is not None:
-            if rename_exclusive(dir_fd, os.fsencode(temp), dir_fd, os.fsencode(name), flag) == 0:
-                return
-            code = ctypes.get_errno()
-            if code == errno.EEXIST:
-                raise TargetExistsError.at(self._location)
-            if code not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                raise OSError(code, os.strerror(code), self._location)
+        code = _rename_with_flags(dir_fd, temp, name, _NOREPLACE)
+        if code == 0:
+            return
+        if code == errno.EEXIST:
+            raise TargetExistsError.at(self._location)
+        if code != errno.ENOSYS:
+            raise OSError(code, os.strerror(code), self._location)
         # No RENAME_NOREPLACE here: link(2) also refuses an existing name atomically.  The temp
         # name is then a second link to the published file; dropping it is safe (and if a crash
         # comes first, sweep() drops it).
@@ -520,6 +514,17 @@ class PosixStrategy(LocalStrategy):
             if exc.errno in (errno.EINVAL, errno.ENOENT):
                 return None
             raise os_error(exc, path, "reading the symlink") from exc
+
+    def rename_exclusive(self, dir_fd: int, source: str, destination: str) -> int:
+        """Rename ``source`` to ``destination`` in ``dir_fd`` only if no entry has that name (a
+        dangling symlink included), in one call: 0, or the errno (EEXIST: the name exists;
+        ENOSYS: no such call here, and the caller needs another way)."""
+        return _rename_with_flags(dir_fd, source, destination, _NOREPLACE)
+
+    def exchange(self, dir_fd: int, first: str, second: str) -> int:
+        """Swap two existing names in ``dir_fd`` in one call, so that neither is ever missing:
+        0, or the errno (ENOSYS: no such call here)."""
+        return _rename_with_flags(dir_fd, first, second, _EXCHANGE)
 
     def vet_link(self, path: str, location: str) -> None:
         # The kernel's protected_symlinks rule, applied whatever the sysctl says (and on macOS,
@@ -613,7 +618,7 @@ class PosixStrategy(LocalStrategy):
                 # Unnamed until commit: a crash at any point before it leaves nothing behind.
                 return os.open(".", os.O_TMPFILE | os.O_WRONLY | _O_CLOEXEC, 0o600, dir_fd=dir_fd), None
             except OSError as exc:
-                if exc.errno not in _NO_TMPFILE:
+                if exc.errno not in NO_TMPFILE:
                     raise
         while True:
             candidate = temp_name(name)
@@ -647,7 +652,7 @@ class PosixStrategy(LocalStrategy):
         os.fchmod(fd, mode)
 
     def remove_if_stale(
-        self, directory: str, entry: str, *, same_host: bool, pid: int, cutoff: float, dry_run: bool
+        self, directory: str, entry: str, *, writer: tuple[str, int], cutoff: float, dry_run: bool
     ) -> bool:
         try:
             # O_NOFOLLOW: a symlink planted under a temp-like name is never followed (or ours).
@@ -663,7 +668,7 @@ class PosixStrategy(LocalStrategy):
             except BlockingIOError:
                 return False  # a live writer holds it
             old_enough = st.st_mtime < cutoff and st.st_mtime < time.time() - FRESH_TEMP_GRACE
-            if (not same_host or pid_alive(pid)) and not old_enough:
+            if not old_enough and self.writer_alive(*writer) is not False:
                 # Unlocked, but the writer may live: on another host (whose locks may not reach
                 # us), or with a live pid here (reused, or between creating and locking its temp).
                 return False

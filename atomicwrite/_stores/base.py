@@ -23,7 +23,6 @@ import hashlib
 import io
 import json
 import os
-import sys
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -32,10 +31,10 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, NoReturn
 
-from ._errors import AtomicWriteError, ConflictError, TargetExistsError, UnsupportedTargetError, UsageError, os_error
-from ._local import FRESH_TEMP_GRACE, host_tag, parse_temp_name, temp_name
-from ._result import CommitResult, Durability
-from ._strategy import PendingWrite, Strategy, TargetLock, WriteOptions
+from .._errors import AtomicWriteError, ConflictError, TargetExistsError, UnsupportedTargetError, UsageError, os_error
+from .._names import FRESH_TEMP_GRACE, host_tag, parse_temp_name, temp_name, writer_alive
+from .._result import CommitResult, Durability
+from .._strategy import PendingWrite, Strategy, TargetLock, WriteOptions
 
 __all__ = ["ObjectStoreBackend", "ObjectStorePendingWrite", "ObjectStoreStrategy", "PreconditionFailed"]
 
@@ -343,6 +342,18 @@ class ObjectStoreStrategy(Strategy):
             return None
         return data
 
+    def version(self, path: str, options: WriteOptions) -> object | None:
+        """The version token of the object at ``path`` (as the file system names it), the value a
+        compare-and-swap passes as ``if_match=``; None if there is no such object.
+
+        Stores that cannot read one refuse to replace (a directory's manifest, a pointer): only
+        creating is possible there."""
+        if not self.filesystem(options).exists(path):
+            return None
+        raise UnsupportedTargetError(
+            f"replacing a published object on {self.name}:// by compare-and-swap is not supported yet"
+        )
+
     def lock(self, location: str, options: WriteOptions) -> TargetLock:
         raise UnsupportedTargetError(
             f"{location!r}: object stores have no locks; use if_match= (compare-and-swap) to detect"
@@ -382,7 +393,7 @@ class ObjectStoreStrategy(Strategy):
             if parsed is None:
                 return False
             host, pid = parsed
-            alive = _pid_alive(pid) if host == host_tag() else None
+            alive = writer_alive(host, pid)
             if alive is not None:
                 # A writer on this host is alive exactly while its pid is (a reused pid only
                 # delays the sweep).
@@ -441,13 +452,3 @@ def marker_record(location: str, upload_id: str | None, *, known_uploads: list[s
     if known_uploads is not None:
         record["known_uploads"] = known_uploads
     return json.dumps(record).encode()
-
-
-def _pid_alive(pid: int) -> bool | None:
-    """Whether a process with this pid runs on this host; None where that cannot be checked."""
-    if sys.platform == "win32":
-        return None  # os.kill(pid, 0) would terminate it: leave it to the age limit
-    else:  # the else keeps the POSIX import out of mypy --platform win32
-        from ._posix import pid_alive
-
-        return pid_alive(pid)

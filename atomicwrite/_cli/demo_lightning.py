@@ -1,7 +1,7 @@
 """The training part of ``atomicwrite demo``: a real Lightning run SIGKILLed while it saves.
 
 The parent (`run_training_demo`) starts a tiny training run in a subprocess (``python -m
-atomicwrite._demo_lightning``) with `atomicwrite.lightning.AtomicCheckpointIO`, times its first
+atomicwrite._cli.demo_lightning``) with `atomicwrite.lightning.AtomicCheckpointIO`, times its first
 save of ``last.ckpt``, and kills it part way into the second one.  It then checks that
 ``last.ckpt`` is still a whole checkpoint, sweeps, and resumes the run with ``ckpt_path="last"``
 in a new subprocess.
@@ -48,7 +48,7 @@ def _train(directory: str, epochs: int, resume: bool) -> dict[str, Any]:
     torch = importlib.import_module("torch")
     pl = importlib.import_module("lightning.pytorch")
     data_module = importlib.import_module("torch.utils.data")
-    from .lightning import AtomicCheckpointIO, AtomicModelCheckpoint
+    from ..lightning import AtomicCheckpointIO, AtomicModelCheckpoint
 
     module_base: Any = pl.LightningModule
     callback_base: Any = pl.Callback
@@ -112,7 +112,7 @@ def _trainer_main(argv: Sequence[str]) -> int:
     """``DIRECTORY EPOCHS [--resume]``: train, printing ``saving NAME`` / ``saved NAME SECONDS``
     around each checkpoint save and ``done JSON`` at the end."""
     if len(argv) not in (2, 3) or (len(argv) == 3 and argv[2] != "--resume"):
-        print("usage: python -m atomicwrite._demo_lightning DIRECTORY EPOCHS [--resume]", file=sys.stderr)
+        print("usage: python -m atomicwrite._cli.demo_lightning DIRECTORY EPOCHS [--resume]", file=sys.stderr)
         return 2
     import logging
     import warnings
@@ -136,7 +136,7 @@ def _env() -> dict[str, str]:
 
 
 def _start(directory: str, epochs: int, resume: bool) -> subprocess.Popen[str]:
-    argv = [sys.executable, "-m", "atomicwrite._demo_lightning", directory, str(epochs)]
+    argv = [sys.executable, "-m", "atomicwrite._cli.demo_lightning", directory, str(epochs)]
     return subprocess.Popen(
         [*argv, "--resume"] if resume else argv,
         stdout=subprocess.PIPE,
@@ -163,8 +163,8 @@ def _failure(proc: subprocess.Popen[str], what: str) -> str:
 def run_training_demo(base: str, rng: random.Random, echo: Callable[[str], object]) -> bool:
     """Kill a training run part way into saving ``last.ckpt``, then resume it.  True if the old
     ``last.ckpt`` survived whole and the run resumed from it; False (and why, echoed) otherwise."""
-    from . import sweep
-    from .torch import validate
+    from .. import sweep
+    from ..torch import validate
 
     directory = os.path.join(base, "training")
     echo("")

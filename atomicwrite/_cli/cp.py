@@ -7,10 +7,10 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ._api import atomic_open
-from ._errors import UnsupportedTargetError
-from ._result import CommitResult, Durability
-from ._strategy import ProgressCallback, split_protocol
+from .._api import atomic_open
+from .._errors import UnsupportedTargetError
+from .._result import CommitResult, Durability
+from .._strategy import ProgressCallback, split_protocol
 
 __all__ = ["copy", "destination_for"]
 

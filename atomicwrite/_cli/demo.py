@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
-    from ._result import Durability
+    from .._result import Durability
 
 __all__ = ["DemoError", "MethodReport", "classify", "classify_data", "make_payload", "run_demo"]
 
@@ -184,7 +184,7 @@ def _use_named_temps() -> None:
     Windows temps are always named; there is nothing to change."""
     if sys.platform != "win32":
         from atomicwrite import _strategy
-        from atomicwrite._posix import PosixStrategy
+        from atomicwrite._local.posix import PosixStrategy
 
         strategy = PosixStrategy(use_tmpfile=False)
         for protocol in ("", "file", "local"):
@@ -403,7 +403,7 @@ def _run_method(
 
     os.mkdir(directory)
     target = os.path.join(directory, TARGET)
-    argv = [sys.executable, "-m", "atomicwrite._demo", target, method, durability, "1" if named_temps else "0"]
+    argv = [sys.executable, "-m", "atomicwrite._cli.demo", target, method, durability, "1" if named_temps else "0"]
     argv += payload_files
     env = _writer_env()
     report = MethodReport(method)
@@ -475,7 +475,7 @@ class _S3Server:
         return len(response.get("Uploads", []))
 
     def markers(self, directory: str) -> int:
-        from ._local import parse_temp_name
+        from .._names import parse_temp_name
 
         self.fs.invalidate_cache()
         try:
@@ -501,7 +501,7 @@ def _run_s3_method(
     directory, _, _ = url.rpartition("/")
     key_prefix = S3_KEY.rpartition("/")[0] + "/"
     options = {**server.options, "part_size": S3_PART_SIZE}
-    argv = [sys.executable, "-m", "atomicwrite._demo", S3_FLAG, url, method, json.dumps(options), *payload_files]
+    argv = [sys.executable, "-m", "atomicwrite._cli.demo", S3_FLAG, url, method, json.dumps(options), *payload_files]
     env = _writer_env()
     report = MethodReport(method)
     durations = _kill_rounds(
@@ -625,7 +625,7 @@ def _verdict(plain: MethodReport, atomic: MethodReport, echo: Callable[[str], ob
 
 def _run_training(base: str, rng: random.Random, echo: Callable[[str], object]) -> bool:
     """The training part; True if it failed."""
-    from ._demo_lightning import run_training_demo, training_unavailable
+    from .demo_lightning import run_training_demo, training_unavailable
 
     missing = training_unavailable()
     if missing is not None:

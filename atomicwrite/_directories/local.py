@@ -1,0 +1,358 @@
+"""Publishing a directory on a local disk: stage it in a hidden sibling, flush everything, write
+the manifest last, then rename it into place (or swap it with the old one, where the system can).
+
+The staging directory is named like a temp file (``.{name}.aw{host}.{pid}.{random}.stage``) and
+stays locked while its writer lives, so that `remove_stale_staging` (which `atomicwrite.sweep`
+calls) removes exactly the dead writers' ones.  The renames are the POSIX strategy's own calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import stat
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from .._errors import (
+    AtomicWriteError,
+    TargetExistsError,
+    UnsupportedTargetError,
+    os_error,
+)
+from .._local.base import flush_to_disk
+from .._names import FRESH_TEMP_GRACE, parse_staging_name, temp_name
+from .manifest import (
+    MANIFEST_NAME,
+    DirectoryCommitResult,
+    DirectoryManifest,
+    FileEntry,
+    digest_fd,
+    merge_reported,
+    new_generation,
+)
+from .staging import DirectoryTransaction, StagingDirectory
+
+__all__ = ["DirectoryRenames", "LocalTransaction", "remove_stale_staging", "remove_tree", "sweep_staging"]
+
+WriterAlive = Callable[[str, int], "bool | None"]
+
+
+class DirectoryRenames(Protocol):
+    """The two renames of the local strategy (`atomicwrite._local.posix.PosixStrategy`) that
+    publishing a directory needs; each returns 0 or the errno, ENOSYS where it does not exist."""
+
+    def rename_exclusive(self, dir_fd: int, source: str, destination: str) -> int: ...
+
+    def exchange(self, dir_fd: int, first: str, second: str) -> int: ...
+
+
+_O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+class LocalTransaction(DirectoryTransaction):
+    strategy_name = "posix"
+
+    def __init__(
+        self, strategy: DirectoryRenames, location: str, target: str, *, replace: bool, durability: str, checksums: bool
+    ) -> None:
+        self._strategy = strategy
+        self._location = location
+        self._target = target
+        self._replace = replace
+        self._durable = durability != "none"
+        self._checksums = checksums
+        parent, self._name = os.path.split(target)
+        self._parent = parent
+        try:
+            self._dir_fd: int | None = os.open(parent, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
+        except OSError as exc:
+            raise os_error(exc, location, "opening the target's parent directory") from exc
+        self._stage_fd: int | None = None
+        self._stage_name: str | None = None
+        try:
+            self._check_target(self._existing())
+            while True:
+                candidate = temp_name(self._name, ".stage")
+                try:
+                    os.mkdir(candidate, 0o777, dir_fd=self._dir_fd)
+                except FileExistsError:
+                    continue
+                self._stage_name = candidate
+                break
+            self._stage_fd = os.open(
+                candidate, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC, dir_fd=self._dir_fd
+            )
+            # Held while this process lives: sweep() leaves a locked staging directory alone.
+            _flock(self._stage_fd, blocking=True)
+        except BaseException:
+            self.discard()
+            raise
+        self.staging = StagingDirectory(os.path.join(parent, candidate), local=True, storage_options={})
+
+    def _existing(self) -> os.stat_result | None:
+        assert self._dir_fd is not None
+        try:
+            return os.stat(self._name, dir_fd=self._dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+
+    def _check_target(self, old: os.stat_result | None) -> None:
+        if old is None:
+            return
+        if not self._replace:
+            # Whatever the name holds (a directory, a file, a dangling symlink), it exists.
+            raise TargetExistsError.at(self._location)
+        if not stat.S_ISDIR(old.st_mode):
+            raise UnsupportedTargetError(f"cannot publish a directory at {self._location!r}: a file is there")
+
+    def _sync(self, fd: int) -> None:
+        if self._durable:
+            flush_to_disk(fd)
+
+    def _walk(self) -> dict[str, int]:
+        """Every staged file and its size; refuses what a manifest cannot vouch for."""
+        assert self._stage_fd is not None
+        found: dict[str, int] = {}
+
+        def visit(fd: int, prefix: str) -> None:
+            for entry in sorted(os.listdir(fd)):
+                st = os.stat(entry, dir_fd=fd, follow_symlinks=False)
+                name = prefix + entry
+                if stat.S_ISDIR(st.st_mode):
+                    sub = os.open(entry, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC, dir_fd=fd)
+                    try:
+                        visit(sub, name + "/")
+                        self._sync(sub)
+                    finally:
+                        os.close(sub)
+                elif stat.S_ISREG(st.st_mode):
+                    if name != MANIFEST_NAME:
+                        found[name] = st.st_size
+                else:
+                    raise UnsupportedTargetError(
+                        f"{self._location!r}: {name!r} is a symlink or special file; a directory"
+                        " manifest lists regular files only"
+                    )
+
+        visit(self._stage_fd, "")
+        return found
+
+    def _open_staged(self, name: str) -> int:
+        assert self._stage_fd is not None
+        return os.open(name, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC, dir_fd=self._stage_fd)
+
+    def _entry(self, name: str) -> FileEntry:
+        fd = self._open_staged(name)
+        try:
+            self._sync(fd)
+            size = os.fstat(fd).st_size
+            return FileEntry(name, size, digest_fd(fd) if self._checksums else None)
+        finally:
+            os.close(fd)
+
+    def commit(self, reported: Mapping[str, FileEntry] | None = None) -> DirectoryCommitResult:
+        if self._stage_fd is None:
+            raise AtomicWriteError(f"the write of {self._location!r} was already committed or discarded")
+        try:
+            return self._commit(reported)
+        except BaseException as exc:
+            self.discard()
+            if isinstance(exc, OSError) and not isinstance(exc, AtomicWriteError):
+                raise os_error(exc, self._location, "publishing the directory") from exc
+            raise
+
+    def _commit(self, reported: Mapping[str, FileEntry] | None) -> DirectoryCommitResult:
+        assert self._stage_fd is not None
+        assert self._dir_fd is not None
+        assert self._stage_name is not None
+        staged = self._walk()
+        known = merge_reported(staged, reported, self._location)
+        files: list[FileEntry] = []
+        for name in sorted(staged):
+            entry = known.get(name)
+            if entry is None or (entry.sha256 is None and self._checksums):
+                entry = self._entry(name)
+            elif self._durable:
+                # Reported by the process that wrote (and flushed) it; flushing it here too is
+                # cheap once its pages are clean, and covers writers that did not.
+                fd = self._open_staged(name)
+                try:
+                    flush_to_disk(fd)
+                finally:
+                    os.close(fd)
+            files.append(entry)
+        manifest = DirectoryManifest(generation=new_generation(), files=tuple(files), created=time.time())
+        fd = os.open(
+            MANIFEST_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC, 0o666, dir_fd=self._stage_fd
+        )
+        try:
+            with open(fd, "wb", closefd=False) as out:
+                out.write(manifest.to_json())
+            self._sync(fd)
+        finally:
+            os.close(fd)
+        self._sync(self._stage_fd)
+        replaced = self._publish()
+        return DirectoryCommitResult(
+            target=self._location,
+            strategy=self.strategy_name,
+            durability="full" if self._durable else "none",
+            manifest=manifest,
+            replaced=replaced,
+        )
+
+    def _publish(self) -> bool:
+        """Rename the staging directory into place; True if it replaced one."""
+        assert self._dir_fd is not None
+        assert self._stage_name is not None
+        dir_fd, stage, name = self._dir_fd, self._stage_name, self._name
+        while True:
+            old = self._existing()
+            self._check_target(old)
+            if old is None:
+                # No-replace, so that a directory (or a symlink) that appeared meanwhile is
+                # never replaced by a create: the rename itself is the existence check.
+                code = self._strategy.rename_exclusive(dir_fd, stage, name)
+                if code == 0:
+                    break
+                if code == errno.EEXIST:
+                    continue  # another writer published first: replace it (or refuse) above
+                if code != errno.ENOSYS:
+                    raise OSError(code, os.strerror(code), self._location)
+                os.rename(stage, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                break
+            code = self._strategy.exchange(dir_fd, stage, name)
+            if code == errno.ENOENT:
+                continue  # the old one vanished meanwhile
+            if code == 0:
+                # The old directory now sits under the staging name.
+                self._finish(stage)
+                return True
+            if code != errno.ENOSYS:
+                raise OSError(code, os.strerror(code), self._location)
+            # No exchange here: park the old one under a temp name, then move the new one in.
+            # In between the target is absent, never partial; a crash there leaves the old one
+            # under its temp name and the new one under the staging name, both intact.
+            parked = temp_name(name, ".stage")
+            os.rename(name, parked, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            os.rename(stage, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            self._finish(parked)
+            return True
+        self._finish(None)
+        return False
+
+    def _finish(self, old: str | None) -> None:
+        assert self._dir_fd is not None
+        self._stage_name = None  # published: the staging name is never removed again
+        self._sync(self._dir_fd)
+        self._close()
+        if old is not None:
+            remove_tree(self._parent, self._dir_fd, old)
+        self._close_parent()
+
+    def _close(self) -> None:
+        fd, self._stage_fd = self._stage_fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def _close_parent(self) -> None:
+        fd, self._dir_fd = self._dir_fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def discard(self) -> None:
+        self._close()
+        stage, self._stage_name = self._stage_name, None
+        try:
+            if stage is not None and self._dir_fd is not None:
+                remove_tree(self._parent, self._dir_fd, stage)
+        finally:
+            self._close_parent()
+
+
+def remove_tree(parent: str, dir_fd: int, name: str) -> None:
+    """Remove a directory tree, out of sight first: renamed to a fresh temp name, so no reader
+    ever finds a half-removed directory under a name it trusts."""
+    hidden = name if parse_staging_name(name) else temp_name(name, ".stage")
+    with contextlib.suppress(OSError):
+        if hidden != name:
+            os.rename(name, hidden, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        shutil.rmtree(os.path.join(parent, hidden))
+
+
+def _flock(fd: int, *, blocking: bool) -> bool:
+    """Take the exclusive flock of ``fd``; False if ``blocking`` is off and another holds it."""
+    if sys.platform == "win32":
+        raise UnsupportedTargetError("atomic_directory does not support local Windows paths yet")
+    else:  # the else keeps the POSIX import out of mypy --platform win32
+        import fcntl
+
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+
+def sweep_staging(directory: str, older_than: float, dry_run: bool, writer_alive: WriterAlive) -> list[str]:
+    """Remove the staging directories and pointer temp links that dead writers left in a local
+    ``directory``; return their paths.  ``writer_alive`` is the local strategy's own check."""
+    cutoff = time.time() - older_than
+    removed: list[str] = []
+    for entry in sorted(os.listdir(directory)):
+        parsed = parse_staging_name(entry)
+        if parsed is None:
+            continue
+        host, pid, kind = parsed
+        if remove_stale_staging(directory, entry, kind, alive=writer_alive(host, pid), cutoff=cutoff, dry_run=dry_run):
+            removed.append(os.path.join(directory, entry))
+    return removed
+
+
+def remove_stale_staging(  # noqa: PLR0911 - one early return per reason to keep it
+    directory: str, entry: str, kind: str, *, alive: bool | None, cutoff: float, dry_run: bool
+) -> bool:
+    """Remove a dead writer's staging directory (``kind`` "stage") or pointer temp symlink
+    ("link") from a local ``directory``; True if it was (or would be) removed.
+
+    A staging directory stays locked (flock) while its writer lives; a symlink cannot be
+    locked, so one goes only when its writer is known dead, or it is older than ``cutoff``
+    and written on another host.  Nothing is ever followed.
+    """
+    path = os.path.join(directory, entry)
+    if kind == "link":
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return False
+        if not stat.S_ISLNK(st.st_mode):
+            return False
+        if alive or (alive is None and st.st_mtime >= cutoff):
+            return False
+        if not dry_run:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        return True
+    try:
+        fd = os.open(path, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC)
+    except OSError:
+        return False  # not a directory, or a symlink planted under the name
+    try:
+        st = os.fstat(fd)
+        if not _flock(fd, blocking=False):
+            return False  # its writer is alive
+        old_enough = st.st_mtime < cutoff and st.st_mtime < time.time() - FRESH_TEMP_GRACE
+        if alive is not False and not old_enough:
+            return False
+        if not dry_run:
+            shutil.rmtree(path, ignore_errors=True)
+        return True
+    finally:
+        os.close(fd)

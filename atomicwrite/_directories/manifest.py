@@ -1,0 +1,186 @@
+"""What a published directory holds, as its manifest lists it, and the values that describe a
+directory write: its files (name, size, SHA-256), the result of a commit, what verifying found."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import IO, Literal
+
+from .._errors import (
+    AtomicWriteError,
+    UsageError,
+)
+from .._names import host_tag
+
+__all__ = [
+    "CHUNK",
+    "GENERATION_NAME",
+    "MANIFEST_NAME",
+    "DirectoryCommitResult",
+    "DirectoryManifest",
+    "DirectoryProblem",
+    "DirectoryVerification",
+    "FileEntry",
+    "check_name",
+    "digest_fd",
+    "digest_stream",
+    "merge_reported",
+    "new_generation",
+]
+
+#: The manifest's name inside a published directory (a hidden file, written last).
+MANIFEST_NAME = ".atomicwrite-manifest.json"
+FORMAT = "atomicwrite-directory/1"
+# An object-store generation prefix: gen.{time_ns}.{host}.{pid}.{random}
+GENERATION_NAME = re.compile(r"^gen\.(?P<time>[0-9]+)\.(?P<host>[0-9a-f]{8})\.(?P<pid>[0-9]+)\.(?P<rand>[0-9a-f]{8})$")
+CHUNK = 1 << 20
+
+Target = str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One file of a published directory, as its manifest lists it."""
+
+    name: str
+    size: int
+    sha256: str | None
+
+
+@dataclass(frozen=True)
+class DirectoryManifest:
+    """What a published directory holds: its generation and every file, with size and checksum."""
+
+    generation: str
+    files: tuple[FileEntry, ...]
+    created: float
+
+    def to_json(self) -> bytes:
+        record = {
+            "format": FORMAT,
+            "generation": self.generation,
+            "created": self.created,
+            "files": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in self.files],
+        }
+        return json.dumps(record, indent=1, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> DirectoryManifest:
+        """Parse a manifest; ValueError if it is not one of ours, or damaged."""
+        record = json.loads(data)
+        if not isinstance(record, dict) or record.get("format") != FORMAT:
+            raise ValueError("not an atomicwrite directory manifest")
+        files = tuple(
+            FileEntry(
+                name=str(f["name"]), size=int(f["size"]), sha256=None if f["sha256"] is None else str(f["sha256"])
+            )
+            for f in record["files"]
+        )
+        return cls(generation=str(record["generation"]), files=files, created=float(record["created"]))
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+@dataclass(frozen=True)
+class DirectoryCommitResult:
+    """The outcome of a published directory.
+
+    Attributes:
+        target: the directory (path or URL) that now holds the new files.
+        strategy: the strategy of the target's storage (``"posix"``, ``"s3"``, ...).
+        durability: ``"full"`` when files, directories and the publishing rename were flushed
+            (or the store acknowledges only durable writes), ``"none"`` otherwise.
+        manifest: what was published.
+        replaced: whether an existing directory was replaced.
+    """
+
+    target: str
+    strategy: str
+    durability: Literal["none", "full"]
+    manifest: DirectoryManifest
+    replaced: bool
+
+
+ProblemKind = Literal["no-directory", "no-manifest", "bad-manifest", "missing", "size", "checksum", "unlisted"]
+
+
+@dataclass(frozen=True)
+class DirectoryProblem:
+    """One thing wrong with a directory: ``kind`` says what, ``name`` names the file (or "")."""
+
+    kind: ProblemKind
+    name: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class DirectoryVerification:
+    """What [`verify_directory`][atomicwrite.verify_directory] found; true when complete and intact."""
+
+    target: str
+    manifest: DirectoryManifest | None
+    problems: tuple[DirectoryProblem, ...]
+    checked_checksums: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.manifest is not None and not self.problems
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+def check_name(name: str) -> str:
+    """A relative, normalised file name with ``/`` separators, or UsageError."""
+    if not isinstance(name, str) or not name:
+        raise UsageError(f"a file name inside the directory must be a non-empty str, not {name!r}")
+    parts = name.replace("\\", "/").split("/")
+    if name.startswith(("/", "\\")) or any(part in ("", ".", "..") for part in parts) or ":" in parts[0]:
+        raise UsageError(f"{name!r} must be a relative path inside the directory, without '.' or '..'")
+    if parts == [MANIFEST_NAME]:
+        raise UsageError(f"{MANIFEST_NAME!r} is the manifest's name; it is written for you")
+    return "/".join(parts)
+
+
+def digest_fd(fd: int) -> str:
+    digest = hashlib.sha256()
+    while True:
+        chunk = os.read(fd, CHUNK)
+        if not chunk:
+            return digest.hexdigest()
+        digest.update(chunk)
+
+
+def digest_stream(source: IO[bytes]) -> str:
+    """The SHA-256 of what is left to read from ``source``, read a chunk at a time."""
+    digest = hashlib.sha256()
+    while chunk := source.read(CHUNK):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def merge_reported(
+    staged: dict[str, int], reported: Mapping[str, FileEntry] | None, location: str
+) -> dict[str, FileEntry]:
+    """The reported entries, after checking each against what is staged."""
+    known: dict[str, FileEntry] = {}
+    for name, entry in (reported or {}).items():
+        size = staged.get(name)
+        if size is None:
+            raise AtomicWriteError(f"{location!r}: {name!r} was reported written but is not in the staging area")
+        if size != entry.size:
+            raise AtomicWriteError(f"{location!r}: {name!r} was reported with {entry.size} bytes but {size} are staged")
+        known[name] = entry
+    return known
+
+
+def new_generation() -> str:
+    return f"gen.{time.time_ns()}.{host_tag()}.{os.getpid()}.{os.urandom(4).hex()}"

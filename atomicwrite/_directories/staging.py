@@ -1,0 +1,158 @@
+"""The staging directory a caller writes a directory's files into, and the transaction that
+publishes it: the part of a directory write that is the same on every kind of storage."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from .._errors import (
+    UsageError,
+    os_error,
+)
+from .._local.base import flush_to_disk
+from .manifest import DirectoryCommitResult, FileEntry, check_name, digest_fd, digest_stream
+
+__all__ = ["DirectoryTransaction", "StagingDirectory", "describe_files"]
+
+_O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+class StagingDirectory:
+    """Where the files of a directory being written go, until it is published.
+
+    ``stage / "model.pt"`` (or ``stage.path("model.pt")``) is the path or URL to write that file
+    at, with any library; [`open`][atomicwrite.StagingDirectory.open] opens one for writing.
+    For a local target ``os.fspath(stage)`` is the staging directory itself, so libraries that
+    want a directory (``FileSystemWriter``, ``save_pretrained``) can be handed ``stage``.
+    Names handed out here are also the files this process declares as its own (see
+    [`declared`][atomicwrite.StagingDirectory.declared]).
+    """
+
+    def __init__(self, location: str, *, local: bool, storage_options: Mapping[str, Any]) -> None:
+        self.location = location
+        self.local = local
+        self.storage_options: dict[str, Any] = dict(storage_options)
+        self._declared: set[str] = set()
+        self._opened: dict[str, Any] = {}
+
+    def path(self, name: str) -> str:
+        """The path (or URL) of the file ``name`` inside the staging directory."""
+        clean = check_name(name)
+        self._declared.add(clean)
+        if self.local:
+            return os.path.join(self.location, *clean.split("/"))
+        return f"{self.location}/{clean}"
+
+    def __truediv__(self, name: str) -> str:
+        return self.path(name)
+
+    def __fspath__(self) -> str:
+        if not self.local:
+            raise UsageError(f"{self.location!r} is on an object store: use stage / name or stage.open(name)")
+        return self.location
+
+    def open(self, name: str, mode: Literal["wb", "w"] = "wb", **options: Any) -> Any:
+        """Open ``name`` for writing, as an [`atomic_open`][atomicwrite.atomic_open] file
+        (parent directories are created).  Local files are flushed when the directory is
+        published, so each is written without its own fsync."""
+        from .._api import atomic_open
+
+        location = self.path(name)
+        if self.local:
+            os.makedirs(os.path.dirname(location), exist_ok=True)
+            options.setdefault("durability", "none")
+        else:
+            options.setdefault("storage_options", self.storage_options)
+        file = atomic_open(location, mode, **options)
+        self._opened[check_name(name)] = file
+        return file
+
+    def declare(self, *names: str) -> None:
+        """Declare files this process wrote into the staging directory by other means."""
+        for name in names:
+            self._declared.add(check_name(name))
+
+    @property
+    def declared(self) -> frozenset[str]:
+        """The files this process asked a path for, opened, or declared."""
+        return frozenset(self._declared)
+
+    def known_entry(self, name: str) -> FileEntry | None:
+        """Size and checksum of a file committed through `open`, as its commit reported them."""
+        file = self._opened.get(name)
+        result = None if file is None else file.result
+        if result is None or result.checksum is None or not str(result.checksum).startswith("sha256:"):
+            return None
+        return FileEntry(name, int(result.bytes_written), str(result.checksum).removeprefix("sha256:"))
+
+    def __repr__(self) -> str:
+        return f"<StagingDirectory {self.location!r}>"
+
+
+class DirectoryTransaction:
+    """One directory write: stage, then exactly one of `commit` or `discard`.
+
+    [`atomic_directory`][atomicwrite.atomic_directory] drives one; the multi-process adapters
+    split the steps between processes (each flushes and hashes its own files, one commits with
+    what they reported).
+    """
+
+    strategy_name: str = ""
+    staging: StagingDirectory
+
+    def commit(self, reported: Mapping[str, FileEntry] | None = None) -> DirectoryCommitResult:
+        """Publish.  ``reported``: entries other processes computed for their files; each must
+        match what is staged (size), or the commit is refused."""
+        raise NotImplementedError
+
+    def discard(self) -> None:
+        """Drop the staged files; the target stays as it was.  Safe to call more than once."""
+        raise NotImplementedError
+
+
+def describe_files(
+    staging: StagingDirectory, names: frozenset[str] | set[str], *, checksums: bool = True
+) -> list[FileEntry]:
+    """Flush and describe (size, SHA-256) the files ``names`` of a staging directory, from the
+    process that wrote them: what each rank reports in a multi-rank save."""
+    entries: list[FileEntry] = []
+    for name in sorted(names):
+        clean = check_name(name)
+        if staging.local:
+            path = os.path.join(staging.location, *clean.split("/"))
+            try:
+                fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC)
+            except OSError as exc:
+                raise os_error(exc, path, "flushing a staged file", verb="describe") from exc
+            try:
+                st = os.fstat(fd)
+                if stat.S_ISDIR(st.st_mode):
+                    continue  # a name used as a directory (``stage / "shards"``), not a file
+                flush_to_disk(fd)
+                entries.append(FileEntry(clean, st.st_size, digest_fd(fd) if checksums else None))
+            finally:
+                os.close(fd)
+            continue
+        import fsspec
+
+        url = f"{staging.location}/{clean}"
+        fs, path = fsspec.core.url_to_fs(url, **staging.storage_options)
+        fs.invalidate_cache()
+        info = fs.info(path)
+        if info.get("type") == "directory":
+            continue  # a prefix of other files, not a file
+        size = int(info["size"])
+        known = staging.known_entry(clean)
+        if known is not None and known.size == size:
+            entries.append(known)
+        elif not checksums:
+            entries.append(FileEntry(clean, size, None))
+        else:
+            with fs.open(path, "rb") as source:
+                entries.append(FileEntry(clean, size, digest_stream(source)))
+    return entries
