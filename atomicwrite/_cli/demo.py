@@ -41,6 +41,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
+from .children import child_env
+
 if TYPE_CHECKING:
     from .._result import Durability
 
@@ -268,14 +270,6 @@ def _writer_main(argv: Sequence[str]) -> int:
 # The parent
 
 
-def _writer_env() -> dict[str, str]:
-    """The environment for a writer: this copy of atomicwrite first on its path."""
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
-
-
 def _start_writer(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
 
@@ -405,7 +399,7 @@ def _run_method(
     target = os.path.join(directory, TARGET)
     argv = [sys.executable, "-m", "atomicwrite._cli.demo", target, method, durability, "1" if named_temps else "0"]
     argv += payload_files
-    env = _writer_env()
+    env = child_env()
     report = MethodReport(method)
 
     def after_kill(saves: int) -> None:
@@ -502,7 +496,7 @@ def _run_s3_method(
     key_prefix = S3_KEY.rpartition("/")[0] + "/"
     options = {**server.options, "part_size": S3_PART_SIZE}
     argv = [sys.executable, "-m", "atomicwrite._cli.demo", S3_FLAG, url, method, json.dumps(options), *payload_files]
-    env = _writer_env()
+    env = child_env()
     report = MethodReport(method)
     durations = _kill_rounds(
         argv, env, fractions, lambda saves: _count(report, server.read(url), digests, saves), overlap=True

@@ -24,6 +24,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .children import child_env
+
 __all__ = ["run_training_demo", "training_unavailable"]
 
 BALLAST_MIB = 48
@@ -128,13 +130,6 @@ def _trainer_main(argv: Sequence[str]) -> int:
 # The parent
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
-
-
 def _start(directory: str, epochs: int, resume: bool) -> subprocess.Popen[str]:
     argv = [sys.executable, "-m", "atomicwrite._cli.demo_lightning", directory, str(epochs)]
     return subprocess.Popen(
@@ -142,7 +137,7 @@ def _start(directory: str, epochs: int, resume: bool) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=_env(),
+        env=child_env(),
     )
 
 

@@ -12,17 +12,26 @@ import stat
 import sys
 import time
 from abc import abstractmethod
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from .._errors import ConflictError, TargetExistsError, TargetIsADirectoryError, UnsupportedTargetError, os_error
+from .._errors import (
+    AtomicWriteError,
+    ConflictError,
+    DurabilityError,
+    TargetExistsError,
+    TargetIsADirectoryError,
+    UnsupportedTargetError,
+    os_error,
+)
 from .._names import lock_name, parse_temp_name, temp_name, writer_alive
-from .._result import LocalVersion
-from .._strategy import ProgressCallback, Strategy, TargetLock, WriteOptions
+from .._result import CommitResult, Durability, LocalVersion
+from .._strategy import PendingWrite, ProgressCallback, Strategy, TargetLock, WriteOptions
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
 __all__ = [
+    "LocalPendingWrite",
     "LocalStrategy",
     "TempFileStream",
     "flush_to_disk",
@@ -152,6 +161,109 @@ def temp_stream(fd: int, location: str, progress: ProgressCallback | None) -> Te
     if progress is not None:
         stream._progress = progress
     return stream
+
+
+class LocalPendingWrite(PendingWrite):
+    """What a local write in flight holds on every OS: the temp file (descriptor, stream, name),
+    the target, the options, whether it is done; and how it fails, discards and reports."""
+
+    # Slots: one of these is built for every write (a batch holds thousands), each without a dict.
+    __slots__ = ("_done", "_fd", "_location", "_options", "_step", "_stream", "_target", "_temp")
+
+    def __init__(self, *, location: str, target: str, fd: int, temp: str | None, options: WriteOptions) -> None:
+        self._location = location
+        self._target = target
+        self._fd: int | None = fd
+        self._temp = temp
+        self._options = options
+        self._stream = temp_stream(fd, location, options.progress)
+        self._done = False
+
+    @property
+    def stream(self) -> io.RawIOBase:
+        return self._stream
+
+    def _refuse_if_done(self) -> None:
+        if self._done:
+            raise AtomicWriteError(f"write to {self._location!r} was already committed or discarded")
+
+    def commit(self) -> CommitResult:
+        self._refuse_if_done()
+        # What the write is doing, named in the error if that fails; _publish_flushed moves it on.
+        self._step = "flushing the temp file"
+        try:
+            return self._publish_flushed(self._flush_temp())
+        except BaseException as exc:
+            self._abort(exc, self._step)
+
+    @abstractmethod
+    def _flush(self, fd: int) -> None:
+        """Flush the file or directory ``fd`` to stable storage, the way this OS needs."""
+
+    @abstractmethod
+    def _publish_flushed(self, fd: int) -> CommitResult:
+        """Publish the flushed temp file ``fd`` and report; ``self._step`` names each step as it
+        starts.  On failure raise: the caller discards."""
+
+    def _abort(self, exc: BaseException, step: str) -> NoReturn:
+        """Discard after ``exc`` (raised at ``step``), then raise it; a plain OSError is raised
+        as the error hierarchy's, naming the target and the step."""
+        self.discard()
+        if isinstance(exc, OSError) and not isinstance(exc, AtomicWriteError):
+            raise os_error(exc, self._location, step) from exc
+        raise exc
+
+    def _flush_temp(self) -> int:
+        """Flush the temp file (unless durability is "none"); its fd.
+
+        The data must be on stable storage before any name leads to it: a journaled rename of an
+        unflushed file is how ext4, XFS and NTFS leave zero-length or zero-filled files after a
+        power loss."""
+        fd = self._fd
+        assert fd is not None
+        if self._options.durability != "none":
+            self._flush(fd)
+        return fd
+
+    def _close_temp_checked(self, fd: int) -> None:
+        """Close the temp file's descriptor, raising what close() reports: NFS, some FUSE file
+        systems and SMB redirectors report deferred write errors only there."""
+        self._fd = None
+        self._stream.close()
+        os.close(fd)
+
+    def discard(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                self._stream.close()
+                os.close(fd)
+        temp, self._temp = self._temp, None
+        self._drop_temp(temp)
+
+    @abstractmethod
+    def _drop_temp(self, temp: str | None) -> None:
+        """For a discard: remove the unpublished temp name ``temp`` (None: it has none), best
+        effort (`sweep` gets what this cannot), and release what else the write holds."""
+
+    def _report(self, version: LocalVersion, achieved: Durability, strategy: str, why_weaker: str) -> CommitResult:
+        """The result of a published write, or DurabilityError when less than asked was achieved
+        and the caller did not accept that (``why_weaker`` says what the file system refused)."""
+        options = self._options
+        result = CommitResult(
+            target=self._target, strategy=strategy, durability=achieved, bytes_written=version.size, version=version
+        )
+        if achieved != options.durability and not options.accept_weaker_durability:
+            raise DurabilityError(
+                f"{self._location!r} was replaced, but {why_weaker}, so the new name may not survive a power"
+                f" loss (durability achieved: {achieved!r}, asked: {options.durability!r}); pass"
+                " accept_weaker_durability=True to accept this",
+                result=result,
+            )
+        return result
 
 
 class _PortalockerLock(TargetLock):

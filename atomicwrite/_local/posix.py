@@ -19,19 +19,17 @@ import contextlib
 import ctypes
 import errno
 import fcntl
-import io
 import os
 import stat
 import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 from .._errors import (
     AtomicPermissionError,
     AtomicWriteError,
-    DurabilityError,
     TargetExistsError,
     os_error,
 )
@@ -39,12 +37,12 @@ from .._names import FRESH_TEMP_GRACE, temp_name
 from .._result import CommitResult, Durability, LocalVersion
 from .._strategy import PendingWrite, WriteOptions
 from .base import (
+    LocalPendingWrite,
     LocalStrategy,
     flush_to_disk,
     names_a_directory,
     require_version,
     start_writeback,
-    temp_stream,
 )
 
 if TYPE_CHECKING:
@@ -133,25 +131,10 @@ def _lock_named_temp(fd: int) -> None:
 _sync = os.fsync if sys.platform == "linux" else flush_to_disk
 
 
-class PosixPendingWrite(PendingWrite):
+class PosixPendingWrite(LocalPendingWrite):
     """A write in flight under the POSIX protocol."""
 
-    # Slots: one of these is built for every write (a batch holds thousands), each without a dict.
-    __slots__ = (
-        "_dir_fd",
-        "_directory",
-        "_directory_identity",
-        "_done",
-        "_fd",
-        "_location",
-        "_name",
-        "_options",
-        "_strategy_name",
-        "_stream",
-        "_target",
-        "_temp",
-        "_version",
-    )
+    __slots__ = ("_dir_fd", "_directory", "_directory_identity", "_name", "_strategy_name", "_version")
 
     def __init__(
         self,
@@ -166,81 +149,52 @@ class PosixPendingWrite(PendingWrite):
         options: WriteOptions,
         strategy_name: str,
     ) -> None:
-        self._location = location
-        self._target = target
+        # ``temp``: the temp file's name in the directory, or None while it is an unnamed O_TMPFILE.
+        super().__init__(location=location, target=target, fd=fd, temp=temp, options=options)
         self._directory = directory
         self._dir_fd: int | None = dir_fd
         self._name = name
-        self._fd: int | None = fd
-        # The temp file's name in the directory, or None while it is an unnamed O_TMPFILE.
-        self._temp = temp
-        self._options = options
         self._strategy_name = strategy_name
-        self._stream = temp_stream(fd, location, options.progress)
-        self._done = False
         self._version: LocalVersion | None = None
         # A staged write closes its directory until it publishes (a batch may stage thousands of
         # files); this (device, inode) makes sure it reopens the same directory, not a swapped one.
         self._directory_identity: tuple[int, int] | None = None
 
-    @property
-    def stream(self) -> io.RawIOBase:
-        return self._stream
+    def _flush(self, fd: int) -> None:
+        _sync(fd)
 
-    def commit(self) -> CommitResult:
-        if self._done:
-            raise AtomicWriteError(f"write to {self._location!r} was already committed or discarded")
-        dir_fd, fd = self._dir_fd, self._fd
+    def _publish_flushed(self, fd: int) -> CommitResult:
+        dir_fd = self._dir_fd
         assert dir_fd is not None
-        assert fd is not None
         options = self._options
-        step = "flushing the temp file"
-        try:
-            if options.durability != "none":
-                # The data must be on disk before the rename can reach it: a journaled rename of
-                # an unflushed file is exactly how ext4/XFS produce zero-length files after a crash.
-                _sync(fd)
-            step = "reading the temp file's status"
-            version = LocalVersion.from_stat(os.fstat(fd))
-            if self._temp is None:
-                step = "naming the temp file"
-                if options.exclusive:
-                    # linkat fails with EEXIST if the name exists: publishing and the existence
-                    # check are one atomic call, and nothing but the target ever gets a name.
-                    try:
-                        self._link_tmpfile(fd, self._name)
-                    except FileExistsError:
-                        raise TargetExistsError.at(self._location) from None
-                    self._finish_publish(fd)
-                    return self._after_publish(version)
-                self._temp = self._link_tmpfile_to_temp_name(fd)
-            step = "closing the temp file"
-            self._fd = None
-            self._stream.close()
-            # close() is where NFS and some FUSE file systems report deferred write errors.
-            os.close(fd)
-            if options.if_match is not None:
-                step = "checking the target's version"
-                self._check_version(dir_fd)
-            step = "publishing"
+        self._step = "reading the temp file's status"
+        version = LocalVersion.from_stat(os.fstat(fd))
+        if self._temp is None:
+            self._step = "naming the temp file"
             if options.exclusive:
-                self._rename_noreplace(dir_fd, self._temp, self._name)
-            else:
-                # rename(2) replaces the name in one step: readers see the old or the new file.
-                os.rename(self._temp, self._name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-            self._temp = None
-        except BaseException as exc:
-            self._abort(exc, step)
+                # linkat fails with EEXIST if the name exists: publishing and the existence
+                # check are one atomic call, and nothing but the target ever gets a name.
+                try:
+                    self._link_tmpfile(fd, self._name)
+                except FileExistsError:
+                    raise TargetExistsError.at(self._location) from None
+                self._finish_publish(fd)
+                return self._after_publish(version)
+            self._temp = self._link_tmpfile_to_temp_name(fd)
+        self._step = "closing the temp file"
+        self._close_temp_checked(fd)
+        if options.if_match is not None:
+            self._step = "checking the target's version"
+            self._check_version(dir_fd)
+        self._step = "publishing"
+        if options.exclusive:
+            self._rename_noreplace(dir_fd, self._temp, self._name)
+        else:
+            # rename(2) replaces the name in one step: readers see the old or the new file.
+            os.rename(self._temp, self._name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        self._temp = None
         self._done = True
         return self._after_publish(version)
-
-    def _abort(self, exc: BaseException, step: str) -> NoReturn:
-        """Discard after ``exc`` (raised at ``step``), then raise it; a plain OSError is raised
-        as the error hierarchy's, naming the target and the step."""
-        self.discard()
-        if isinstance(exc, OSError) and not isinstance(exc, AtomicWriteError):
-            raise os_error(exc, self._location, step) from exc
-        raise exc
 
     def _finish_publish(self, fd: int) -> None:
         """Close the O_TMPFILE descriptor after it was linked straight to the target name."""
@@ -314,38 +268,20 @@ class PosixPendingWrite(PendingWrite):
                 pass
 
     def _result(self, version: LocalVersion, directory_flushed: bool) -> CommitResult:
-        options = self._options
-        achieved: Durability = options.durability
+        achieved: Durability = self._options.durability
         if achieved == "full" and not directory_flushed:
             achieved = "file"
-        result = CommitResult(
-            target=self._target,
-            strategy=self._strategy_name,
-            durability=achieved,
-            bytes_written=version.size,
-            version=version,
+        return self._report(
+            version, achieved, self._strategy_name, "its directory cannot be flushed on this file system"
         )
-        if achieved != options.durability and not options.accept_weaker_durability:
-            raise DurabilityError(
-                f"{self._location!r} was replaced, but its directory cannot be flushed on this file"
-                f" system, so the new name may not survive a power loss (durability achieved:"
-                f" {achieved!r}, asked: {options.durability!r}); pass accept_weaker_durability=True"
-                " to accept this",
-                result=result,
-            )
-        return result
 
     can_stage = True
 
     def stage(self) -> None:
-        if self._done:
-            raise AtomicWriteError(f"write to {self._location!r} was already committed or discarded")
-        fd = self._fd
-        assert fd is not None
+        self._refuse_if_done()
         step = "flushing the temp file"
         try:
-            if self._options.durability != "none":
-                _sync(fd)
+            fd = self._flush_temp()
             step = "reading the temp file's status"
             self._version = LocalVersion.from_stat(os.fstat(fd))
             if self._temp is None:
@@ -354,9 +290,7 @@ class PosixPendingWrite(PendingWrite):
                 step = "naming the temp file"
                 self._temp = self._link_tmpfile_to_temp_name(fd)
             step = "closing the temp file"
-            self._fd = None
-            self._stream.close()
-            os.close(fd)
+            self._close_temp_checked(fd)
             step = "closing the directory"
             dir_fd, self._dir_fd = self._dir_fd, None
             assert dir_fd is not None
@@ -469,19 +403,8 @@ class PosixPendingWrite(PendingWrite):
         with contextlib.suppress(OSError):
             os.unlink(temp, dir_fd=dir_fd)
 
-    def discard(self) -> None:
-        if self._done:
-            return
-        self._done = True
-        fd, self._fd = self._fd, None
-        temp, self._temp = self._temp, None
+    def _drop_temp(self, temp: str | None) -> None:
         dir_fd, self._dir_fd = self._dir_fd, None
-        try:
-            if fd is not None:
-                self._stream.close()
-                os.close(fd)
-        except OSError:
-            pass
         try:
             if temp is not None and dir_fd is None and self._directory_identity is not None:
                 # A staged write: its temp is named in a directory it closed.

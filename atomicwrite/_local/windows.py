@@ -39,27 +39,24 @@ and never calls ``fcntl`` or ``os.kill`` (``os.kill`` *terminates* a process on 
 from __future__ import annotations
 
 import errno
-import io
 import os
 import stat
 import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._errors import (
     AtomicOSError,
-    AtomicWriteError,
-    DurabilityError,
     TargetExistsError,
     UnsupportedTargetError,
     os_error,
 )
 from .._names import FRESH_TEMP_GRACE, host_tag, temp_name
 from .._result import CommitResult, Durability, LocalVersion
-from .._strategy import PendingWrite, WriteOptions
-from .base import LocalStrategy, require_version, temp_stream
+from .._strategy import WriteOptions
+from .base import LocalPendingWrite, LocalStrategy, require_version
 
 if TYPE_CHECKING:
     pass
@@ -239,6 +236,13 @@ if sys.platform == "win32":
     _STILL_ACTIVE = 259
     _INVALID_HANDLE_VALUE = ctypes.c_void_p(-1).value
 
+    def _declare(function: Any, result: Any, *arguments: Any) -> Any:
+        """A kernel32 function with its C signature set: ctypes then converts and checks the
+        arguments instead of guessing (a 64-bit HANDLE passed as a 32-bit int, say)."""
+        function.argtypes = list(arguments)
+        function.restype = result
+        return function
+
     class _Win32Kernel32(Kernel32):
         """kernel32.dll through ctypes."""
 
@@ -247,33 +251,15 @@ if sys.platform == "win32":
             # so our argtypes are ours alone; use_last_error keeps GetLastError safe from ctypes'
             # own calls between the failing call and the read.
             dll = ctypes.WinDLL("kernel32", use_last_error=True)
-            self._move_file_ex = dll.MoveFileExW
-            self._move_file_ex.argtypes = [wintypes.LPCWSTR, wintypes.LPCWSTR, wintypes.DWORD]
-            self._move_file_ex.restype = wintypes.BOOL
-            self._replace_file = dll.ReplaceFileW
-            self._replace_file.argtypes = [
-                *(wintypes.LPCWSTR, wintypes.LPCWSTR, wintypes.LPCWSTR),
-                *(wintypes.DWORD, wintypes.LPVOID, wintypes.LPVOID),
-            ]
-            self._replace_file.restype = wintypes.BOOL
-            self._delete_file = dll.DeleteFileW
-            self._delete_file.argtypes = [wintypes.LPCWSTR]
-            self._delete_file.restype = wintypes.BOOL
-            self._create_file = dll.CreateFileW
-            self._create_file.argtypes = [
-                *(wintypes.LPCWSTR, wintypes.DWORD, wintypes.DWORD, wintypes.LPVOID),
-                *(wintypes.DWORD, wintypes.DWORD, wintypes.HANDLE),
-            ]
-            self._create_file.restype = wintypes.HANDLE
-            self._close_handle = dll.CloseHandle
-            self._close_handle.argtypes = [wintypes.HANDLE]
-            self._close_handle.restype = wintypes.BOOL
-            self._open_process = dll.OpenProcess
-            self._open_process.argtypes = [wintypes.DWORD, wintypes.BOOL, wintypes.DWORD]
-            self._open_process.restype = wintypes.HANDLE
-            self._get_exit_code_process = dll.GetExitCodeProcess
-            self._get_exit_code_process.argtypes = [wintypes.HANDLE, wintypes.LPDWORD]
-            self._get_exit_code_process.restype = wintypes.BOOL
+            text, flags, handle, boolean = wintypes.LPCWSTR, wintypes.DWORD, wintypes.HANDLE, wintypes.BOOL
+            pointer = wintypes.LPVOID
+            self._move_file_ex = _declare(dll.MoveFileExW, boolean, text, text, flags)
+            self._replace_file = _declare(dll.ReplaceFileW, boolean, text, text, text, flags, pointer, pointer)
+            self._delete_file = _declare(dll.DeleteFileW, boolean, text)
+            self._create_file = _declare(dll.CreateFileW, handle, text, flags, flags, pointer, flags, flags, handle)
+            self._close_handle = _declare(dll.CloseHandle, boolean, handle)
+            self._open_process = _declare(dll.OpenProcess, handle, flags, boolean, flags)
+            self._get_exit_code_process = _declare(dll.GetExitCodeProcess, boolean, handle, wintypes.LPDWORD)
 
         @staticmethod
         def _error() -> int:
@@ -356,8 +342,10 @@ def _strip_extended_prefix(link: str) -> str:
     return plain if len(plain) < 260 else link
 
 
-class WindowsPendingWrite(PendingWrite):
+class WindowsPendingWrite(LocalPendingWrite):
     """A write in flight under the Windows protocol."""
+
+    __slots__ = ("_keep_temp", "_kernel32", "_strategy", "_use_replace_file")
 
     def __init__(
         self,
@@ -371,61 +359,37 @@ class WindowsPendingWrite(PendingWrite):
         use_replace_file: bool,
         options: WriteOptions,
     ) -> None:
+        super().__init__(location=location, target=target, fd=fd, temp=temp, options=options)
         self._strategy = strategy
         self._kernel32 = kernel32
-        self._location = location
-        self._target = target
-        self._fd: int | None = fd
-        self._temp: str | None = temp
         self._use_replace_file = use_replace_file
-        self._options = options
-        self._stream = temp_stream(fd, location, options.progress)
-        self._done = False
         # Set when ReplaceFileW may have removed the old file and the new content exists only
         # under the temp name: then a failure must keep the temp, never delete it.
         self._keep_temp = False
 
-    @property
-    def stream(self) -> io.RawIOBase:
-        return self._stream
+    def _flush(self, fd: int) -> None:
+        os.fsync(fd)  # FlushFileBuffers
 
-    def commit(self) -> CommitResult:
-        if self._done:
-            raise AtomicWriteError(f"write to {self._location!r} was already committed or discarded")
-        fd, temp = self._fd, self._temp
-        assert fd is not None
+    def _publish_flushed(self, fd: int) -> CommitResult:
+        temp = self._temp
         assert temp is not None
         options = self._options
-        step = "flushing the temp file"
-        try:
-            if options.durability != "none":
-                # FlushFileBuffers: the data must be on disk before a name can lead to it, or a
-                # power loss leaves the new name on a file of zeros.
-                os.fsync(fd)
-            step = "closing the temp file"
-            self._fd = None
-            self._stream.close()
-            # close() is where SMB redirectors report deferred write errors; and the handle must
-            # be gone before publishing: it does not share delete access, which a rename needs.
-            os.close(fd)
-            if options.permissions is not None:
-                step = "setting the temp file's permissions"
-                # On Windows a mode means only the read-only attribute (set when 0o200 is absent);
-                # set on the closed temp, so it is right from the instant the file is published.
-                os.chmod(temp, options.permissions)
-            step = "reading the temp file's status"
-            # After close: the file is complete and its times final.  A rename keeps both.
-            version = LocalVersion.from_stat(os.lstat(temp))
-            if options.if_match is not None:
-                step = "checking the target's version"
-                self._check_version()
-            step = "publishing"
-            used_replace_file = self._publish(temp)
-        except BaseException as exc:
-            self.discard()
-            if isinstance(exc, OSError) and not isinstance(exc, AtomicWriteError):
-                raise os_error(exc, self._location, step) from exc
-            raise
+        self._step = "closing the temp file"
+        # Before publishing too: the handle does not share delete access, which a rename needs.
+        self._close_temp_checked(fd)
+        if options.permissions is not None:
+            self._step = "setting the temp file's permissions"
+            # On Windows a mode means only the read-only attribute (set when 0o200 is absent);
+            # set on the closed temp, so it is right from the instant the file is published.
+            os.chmod(temp, options.permissions)
+        self._step = "reading the temp file's status"
+        # After close: the file is complete and its times final.  A rename keeps both.
+        version = LocalVersion.from_stat(os.lstat(temp))
+        if options.if_match is not None:
+            self._step = "checking the target's version"
+            self._check_version()
+        self._step = "publishing"
+        used_replace_file = self._publish(temp)
         return self._after_publish(version, used_replace_file)
 
     def _check_version(self) -> None:
@@ -511,22 +475,12 @@ class WindowsPendingWrite(PendingWrite):
             durable, version = self._settle_replaced(version)
             if not durable:
                 achieved = "file"
-        result = CommitResult(
-            target=self._target,
-            strategy=self._strategy.name,
-            durability=achieved,
-            bytes_written=version.size,
-            version=version,
+        return self._report(
+            version,
+            achieved,
+            self._strategy.name,
+            "it could not be flushed after ReplaceFileW (another program holds it without sharing write access)",
         )
-        if achieved != options.durability and not options.accept_weaker_durability:
-            raise DurabilityError(
-                f"{self._location!r} was replaced, but it could not be flushed after ReplaceFileW (another"
-                f" program holds it without sharing write access), so the new name may not survive a power"
-                f" loss (durability achieved: {achieved!r}, asked: {options.durability!r}); pass"
-                " accept_weaker_durability=True to accept this",
-                result=result,
-            )
-        return result
 
     def _settle_replaced(self, version: LocalVersion) -> tuple[bool, LocalVersion]:
         """After ReplaceFileW: flush the published file when ``"full"`` was asked, and read its
@@ -557,18 +511,7 @@ class WindowsPendingWrite(PendingWrite):
             return durable, version  # already replaced by another writer: ours is the older version
         return durable, LocalVersion.from_stat(st)
 
-    def discard(self) -> None:
-        if self._done:
-            return
-        self._done = True
-        fd, self._fd = self._fd, None
-        temp, self._temp = self._temp, None
-        try:
-            if fd is not None:
-                self._stream.close()
-                os.close(fd)
-        except OSError:
-            pass
+    def _drop_temp(self, temp: str | None) -> None:
         if temp is not None and not self._keep_temp:
             self._strategy.remove_temp(temp)
 
