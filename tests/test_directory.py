@@ -159,6 +159,23 @@ def test_publish_lists_every_file_in_the_manifest(place: Place) -> None:
     assert place.siblings() == ["ckpt"]
 
 
+def test_str_is_the_path_and_repr_the_detail(place: Place) -> None:
+    """As with pathlib.Path: str() of a staging or published directory is its path (or URL)."""
+    target = place.url("ckpt")
+    with atomic_directory(target, storage_options=place.options) as stage:
+        write_files(stage, {"a.bin": b"a"}, place)
+        assert str(stage) == stage.location
+        assert f"{stage}" == stage.location
+        assert str(stage).startswith(os.path.dirname(target) if place.kind == "local" else target)
+        if place.kind == "local":
+            assert str(stage) == os.fspath(stage)
+        assert repr(stage) == f"<StagingDirectory {stage.location!r}>"
+    published = open_directory(target, storage_options=place.options)
+    assert str(published) == target
+    assert "manifest=" in repr(published)
+    assert repr(published) != str(published)
+
+
 def test_replace_publishes_the_new_version_and_drops_the_old(place: Place) -> None:
     target = place.url("ckpt")
     with atomic_directory(target, storage_options=place.options) as stage:

@@ -46,6 +46,10 @@ class PublishedDirectory:
     def __truediv__(self, name: str) -> str:
         return self.path(name)
 
+    def __str__(self) -> str:
+        # As pathlib.Path does: str() is the directory's path or URL; repr() keeps the manifest.
+        return self.target
+
     def open(self, name: str) -> IO[bytes]:
         """Open the file ``name`` of this version for reading."""
         if self.local:

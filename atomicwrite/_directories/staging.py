@@ -90,6 +90,10 @@ class StagingDirectory:
             return None
         return FileEntry(name, int(result.bytes_written), str(result.checksum).removeprefix("sha256:"))
 
+    def __str__(self) -> str:
+        # As pathlib.Path does: str() is the location itself, for messages and f-strings.
+        return self.location
+
     def __repr__(self) -> str:
         return f"<StagingDirectory {self.location!r}>"
 
