@@ -23,8 +23,6 @@ syscall-tools:
 	  echo "strace is not installed: the syscall-order test will be skipped"
 
 # Azurite, Azure's storage emulator, comes from npm (Node 18+); the Azure tests start it.  Without
-# it they are skipped (and say why).
+# it they are skipped, and the script says why (npm missing, or npm's own error, after a retry).
 store-servers:
-	@[ -x tests/.azurite/node_modules/.bin/azurite-blob ] || \
-	  { command -v npm >/dev/null 2>&1 && npm install --silent --no-audit --no-fund --prefix tests/.azurite azurite@3 >/dev/null; } || \
-	  echo "npm is not available: the Azure tests will be skipped"
+	@sh tests/servers/install-azurite
