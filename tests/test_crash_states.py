@@ -37,6 +37,7 @@ from atomicwrite import CheckpointStore, verify_directory
 from atomicwrite._directories.manifest import MANIFEST_NAME
 from tests.crashsim import writers
 from tests.crashsim.model import crash_point, final_state, scan
+from tests.crashsim.recorder import StraceUnavailable
 from tests.crashsim.replay import Expectation, Exploration, explore
 from tests.crashsim.trace import (
     Create,
@@ -45,7 +46,6 @@ from tests.crashsim.trace import (
     Link,
     Recording,
     Rename,
-    StraceUnavailable,
     Unlink,
     Write,
     record,

@@ -36,23 +36,12 @@ from __future__ import annotations
 import itertools
 import os
 import stat
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
-from tests.crashsim.trace import (
-    Chmod,
-    Create,
-    Fsync,
-    FsyncDir,
-    Link,
-    Op,
-    Recording,
-    Rename,
-    SyncAll,
-    Truncate,
-    Unlink,
-    Write,
-    is_entry_op,
-)
+from tests.crashsim.recorder import SyncAll, Truncate, Write
+from tests.crashsim.trace import Chmod, Create, Fsync, FsyncDir, Link, Op, Recording, Rename, Unlink, is_entry_op
 
 MAX_LOOSE_ENTRY_OPS = 12  # 4096 subsets
 MAX_COMBINATIONS = 200_000  # per crash point
@@ -85,6 +74,56 @@ def _apply(content: bytes, op: Write | Truncate, zero: bool = False) -> bytes:
     return bytes(buffer)
 
 
+def data_images(content: bytes, ops: Sequence[object], ino: int, covered: Callable[[int], bool]) -> list[bytes]:
+    """Every content inode ``ino`` (``content`` before ``ops``) may have on disk after ``ops``:
+    its covered writes and truncates applied, then its uncovered ones as a prefix cut at any
+    operation, with or without their data (zeros)."""
+    tail: list[Write | Truncate] = []
+    for i, op in enumerate(ops):
+        if isinstance(op, (Write, Truncate)) and op.ino == ino:
+            if covered(i):
+                assert not tail, "a covered data operation after an uncovered one"
+                content = _apply(content, op)
+            else:
+                tail.append(op)
+    contents = {content}
+    applied, zeroed = content, content
+    for op in tail:
+        applied = _apply(applied, op)
+        zeroed = _apply(zeroed, op, zero=True)
+        contents.update((applied, zeroed))  # the first m operations, with or without data
+    return sorted(contents)
+
+
+def entry_subsets(indices: list[int], barrier: int, where: str) -> Iterator[list[int]]:
+    """Every way the directory-entry operations ``indices`` (in program order) may have reached
+    the disk: those before ``barrier`` (the last flush that covers them) always, any subset of the
+    others; each way in program order."""
+    covered = [i for i in indices if i < barrier]
+    loose = [i for i in indices if i >= barrier]
+    if len(loose) > MAX_LOOSE_ENTRY_OPS:
+        raise TooManyStates(f"{len(loose)} uncovered {where}")
+    for chosen in itertools.product((False, True), repeat=len(loose)):
+        yield sorted(covered + [i for i, keep in zip(loose, chosen, strict=True) if keep])
+
+
+def one_more(combinations: int, k: int) -> int:
+    """Count one more combination at crash point ``k``, within the bound."""
+    combinations += 1
+    if combinations > MAX_COMBINATIONS:
+        raise TooManyStates(f"more than {MAX_COMBINATIONS} combinations at crash point {k}")
+    return combinations
+
+
+S = TypeVar("S")
+
+
+def only_state(states: set[S]) -> S:
+    """The one state of a crash point with everything synced (the recorder's self-check)."""
+    assert len(states) == 1, "everything synced, yet more than one state"
+    return next(iter(states))
+
+
 class _Prefix:
     """Coverage facts for one prefix ``ops[:k]``."""
 
@@ -105,8 +144,10 @@ class _Prefix:
                 if not op.data_only:
                     self.full_sync[op.ino] = i
 
-    def entry_covered(self, i: int) -> bool:
-        return i < max(self.dir_sync, self.sync_all)
+    @property
+    def entry_barrier(self) -> int:
+        """The entry operations before this index are covered (a directory fsync or a sync)."""
+        return max(self.dir_sync, self.sync_all)
 
     def data_covered(self, i: int, ino: int) -> bool:
         return i < max(self.data_sync.get(ino, -1), self.sync_all)
@@ -120,17 +161,10 @@ class _Prefix:
             content, mode = self.recording.inodes[ino]
         else:
             content, mode = b"", -1
-        tail: list[Write | Truncate] = []
         modes: set[int] = set()
         for i, op in enumerate(self.ops):
             if isinstance(op, Create) and op.ino == ino:
                 mode = op.mode
-            elif isinstance(op, (Write, Truncate)) and op.ino == ino:
-                if self.data_covered(i, ino):
-                    assert not tail, "a covered data operation after an uncovered one"
-                    content = _apply(content, op)
-                else:
-                    tail.append(op)
             elif isinstance(op, Chmod) and op.ino == ino:
                 if self.mode_covered(i, ino):
                     assert not modes, "a covered chmod after an uncovered one"
@@ -138,14 +172,9 @@ class _Prefix:
                 else:
                     modes.add(op.mode)
         assert mode >= 0, f"inode {ino} was never created"
-        contents = {content}
-        applied, zeroed = content, content
-        for op in tail:
-            applied = _apply(applied, op)
-            zeroed = _apply(zeroed, op, zero=True)
-            contents.update((applied, zeroed))  # the first m operations, with or without data
+        contents = data_images(content, self.ops, ino, lambda i: self.data_covered(i, ino))
         modes.add(mode)
-        return sorted(itertools.product(sorted(contents), sorted(modes)))
+        return sorted(itertools.product(contents, sorted(modes)))
 
 
 def _entries(recording: Recording, ops: list[Op], persisted: list[int]) -> dict[str, int]:
@@ -167,24 +196,18 @@ def crash_point(recording: Recording, k: int) -> CrashPoint:
     """Every state a power loss after ``ops[:k]`` may leave on disk (see the module docstring)."""
     prefix = _Prefix(recording, k)
     entry_ops = [i for i, op in enumerate(prefix.ops) if is_entry_op(op)]
-    covered = [i for i in entry_ops if prefix.entry_covered(i)]
-    loose = [i for i in entry_ops if not prefix.entry_covered(i)]
-    if len(loose) > MAX_LOOSE_ENTRY_OPS:
-        raise TooManyStates(f"{len(loose)} uncovered directory operations at crash point {k}")
     images: dict[int, list[tuple[bytes, int]]] = {}
     states: set[State] = set()
     combinations = 0
-    for chosen in itertools.product((False, True), repeat=len(loose)):
-        persisted = sorted(covered + [i for i, keep in zip(loose, chosen, strict=True) if keep])
+    where = f"directory operations at crash point {k}"
+    for persisted in entry_subsets(entry_ops, prefix.entry_barrier, where):
         entries = _entries(recording, prefix.ops, persisted)
         inodes = sorted(set(entries.values()))
         for ino in inodes:
             if ino not in images:
                 images[ino] = prefix.images(ino)
         for pick in itertools.product(*(images[ino] for ino in inodes)):
-            combinations += 1
-            if combinations > MAX_COMBINATIONS:
-                raise TooManyStates(f"more than {MAX_COMBINATIONS} combinations at crash point {k}")
+            combinations = one_more(combinations, k)
             image = dict(zip(inodes, pick, strict=True))
             # Two names of one inode (a hard link) share its one image.
             states.add(tuple(sorted((name, *image[ino]) for name, ino in entries.items())))
@@ -201,9 +224,7 @@ def final_state(recording: Recording) -> State:
     (the recorder's self-check: a mis-parsed trace shows up as a difference)."""
     synced = Recording(recording.directory, recording.initial, recording.inodes, [*recording.ops, SyncAll()])
     synced.returned_at = recording.returned_at
-    point = crash_point(synced, len(synced.ops))
-    assert len(point.states) == 1, "everything synced, yet more than one state"
-    return next(iter(point.states))
+    return only_state(crash_point(synced, len(synced.ops)).states)
 
 
 def scan(directory: str) -> State:

@@ -17,8 +17,10 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 from tests._workers import verify
 from tests.crashsim.model import CrashPoint, State, crash_points
@@ -52,7 +54,9 @@ class Violation:
 
 
 @dataclass
-class Exploration:
+class Counts:
+    """What an exploration counted, and the violations it kept; the line the report prints."""
+
     label: str
     operations: int
     crash_points: int = 0
@@ -60,15 +64,14 @@ class Exploration:
     states: int = 0  # distinct states summed over crash points
     materialized: int = 0  # distinct states written out and read back
     violations: dict[str, int] = field(default_factory=dict)
-    examples: list[Violation] = field(default_factory=list)
-    seen: dict[str, set[str]] = field(default_factory=dict)  # oracle -> what the target read as
+    examples: list[object] = field(default_factory=list)  # EXAMPLES per oracle at most
 
     @property
     def failed(self) -> set[str]:
         return {oracle for oracle, count in self.violations.items() if count}
 
     def summary(self) -> str:
-        broken = ", ".join(f"{oracle}: {self.violations[oracle]}" for oracle in ORACLES if self.violations.get(oracle))
+        broken = ", ".join(f"{oracle}: {count}" for oracle, count in sorted(self.violations.items()) if count)
         return (
             f"{self.label}: {self.operations} ops, {self.crash_points} crash points, "
             f"{self.states} states ({self.combinations} combinations, {self.materialized} distinct replayed); "
@@ -77,6 +80,63 @@ class Exploration:
 
     def explain(self) -> str:
         return "\n".join([self.summary(), *map(str, self.examples)])
+
+    def violated(self, oracle: str, found: str) -> bool:
+        """Count a violation of ``oracle`` (the reader found ``found``); True for the first
+        EXAMPLES of each oracle, whose example the caller keeps."""
+        self.violations[oracle] += 1
+        self.saw(oracle, found)
+        return self.violations[oracle] <= EXAMPLES
+
+    def saw(self, oracle: str, found: str) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class Exploration(Counts):
+    seen: dict[str, set[str]] = field(default_factory=dict)  # oracle -> what the target read as
+
+    def saw(self, oracle: str, found: str) -> None:
+        self.seen.setdefault(oracle, set()).add(found)
+
+
+F = TypeVar("F")
+
+
+class Point(Protocol):
+    """A crash point of either model (:class:`.model.CrashPoint`, :class:`.tree.TreePoint`)."""
+
+    index: int
+    combinations: int
+    states: set[Any]
+
+
+P = TypeVar("P", bound=Point)
+
+
+def replayed(
+    result: Counts, points: Iterable[P], replay: Callable[[Any], F], scratch: Path, key: Callable[[Any], Any] | None
+) -> Iterator[tuple[P, Any, F]]:
+    """Every state of every crash point, counted into ``result``, with what ``replay`` found in
+    it (each distinct state is replayed once; a point's states in the order ``key`` sorts them),
+    for the caller to judge: ``(point, state, found)``.  ``scratch`` is removed at the end."""
+    seen: dict[Any, F] = {}
+    for point in points:
+        result.crash_points += 1
+        result.combinations += point.combinations
+        result.states += len(point.states)
+        for state in sorted(point.states, key=key):
+            if state not in seen:
+                seen[state] = replay(state)
+            yield point, state, seen[state]
+    result.materialized = len(seen)
+    if scratch.exists():
+        shutil.rmtree(scratch)
+
+
+def after(show: Callable[[Any], str], ops: Sequence[object], k: int) -> str:
+    """The last operation completed before a crash after ``ops[:k]``, as ``show`` writes it."""
+    return show(ops[k - 1]) if k else "(nothing yet)"
 
 
 def materialize(state: State, directory: Path) -> None:
@@ -138,24 +198,15 @@ def _brief(state: State) -> str:
 def explore(recording: Recording, expectation: Expectation, label: str, scratch: Path) -> Exploration:
     """Check every crash state of ``recording`` against the oracles."""
     result = Exploration(label, len(recording.ops), violations=dict.fromkeys(ORACLES, 0))
-    seen: dict[State, tuple[str, int | None]] = {}
-    for point in crash_points(recording):
-        result.crash_points += 1
-        result.combinations += point.combinations
-        result.states += len(point.states)
-        after = describe(recording.ops[point.index - 1]) if point.index else "(nothing yet)"
-        for state in sorted(point.states):
-            if state not in seen:
-                materialize(state, scratch)
-                seen[state] = read_target(scratch, expectation)
-            kind, mode = seen[state]
-            mode_text = "" if mode is None else f" {mode:#o}"
-            for oracle in _judge(kind, mode, point, expectation):
-                result.violations[oracle] += 1
-                result.seen.setdefault(oracle, set()).add(kind)
-                if sum(example.oracle == oracle for example in result.examples) < EXAMPLES:
-                    result.examples.append(Violation(oracle, point.index, after, kind + mode_text, _brief(state)))
-    result.materialized = len(seen)
-    if scratch.exists():
-        shutil.rmtree(scratch)
+
+    def replay(state: State) -> tuple[str, int | None]:
+        materialize(state, scratch)
+        return read_target(scratch, expectation)
+
+    for point, state, (kind, mode) in replayed(result, crash_points(recording), replay, scratch, None):
+        for oracle in _judge(kind, mode, point, expectation):
+            if result.violated(oracle, kind):
+                mode_text = "" if mode is None else f" {mode:#o}"
+                last = after(describe, recording.ops, point.index)
+                result.examples.append(Violation(oracle, point.index, last, kind + mode_text, _brief(state)))
     return result

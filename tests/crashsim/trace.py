@@ -9,45 +9,34 @@ Anything the model does not understand (a subdirectory, ``RENAME_EXCHANGE``, ``f
 second process, an interrupted call...) raises :class:`Unmodeled` rather than being skipped: a
 recorder that silently drops an operation would make every protocol look safe.  Trees of
 directories (subdirectories, ``RENAME_EXCHANGE``, symlinks, removal of a tree) are recorded by
-:mod:`.tree`, which reuses this module's parsing.
+:mod:`.tree`.  What both recorders share (running the writer under strace, reading its arguments,
+descriptors, offsets and writes, the data operations) is in :mod:`.recorder`; this module adds
+what a call means in one directory of files.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
-import shutil
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
 
 from tests.crashsim import writers
-from tests.test_syscalls import Call, _parse
-
-ROOT = Path(__file__).resolve().parents[2]
-
-# Every call that can change a directory or a file's content, size, mode or durability, plus what
-# moves a descriptor (dup, lseek) and what the model refuses (fallocate, mkdir...).  "?" lets a
-# name that this architecture lacks (open, creat, rename... on arm64) pass silently.
-TRACED = [
-    *("openat", "?open", "?creat", "close", "dup", "?dup2", "dup3", "fcntl", "lseek"),
-    *("write", "pwrite64", "writev", "pwritev", "pwritev2", "ftruncate", "truncate", "fallocate"),
-    *("copy_file_range", "sendfile", "splice", "fchmod", "fchmodat", "?fchmodat2", "?chmod"),
-    *("fsync", "fdatasync", "sync_file_range", "sync", "syncfs"),
-    *("?rename", "renameat", "renameat2", "?link", "linkat", "?unlink", "unlinkat"),
-    *("?symlink", "symlinkat", "?mkdir", "mkdirat", "?rmdir"),
-]
-
-
-class Unmodeled(AssertionError):
-    """The trace holds something the persistence model cannot represent."""
-
-
-class StraceUnavailable(RuntimeError):
-    """strace is missing, or may not trace here (ptrace refused)."""
-
+from tests.crashsim.recorder import (
+    Description,
+    Recorder,
+    SyncAll,
+    Truncate,
+    Unmodeled,
+    Write,
+    _flags,
+    _string,
+    describe_shared,
+    run_writer,
+)
+from tests.test_syscalls import Call
 
 # ----- logical operations ---------------------------------------------------------------------
 
@@ -59,19 +48,6 @@ class Create:
     ino: int
     mode: int
     name: str | None
-
-
-@dataclass(frozen=True)
-class Write:
-    ino: int
-    offset: int
-    data: bytes
-
-
-@dataclass(frozen=True)
-class Truncate:
-    ino: int
-    size: int
 
 
 @dataclass(frozen=True)
@@ -110,11 +86,6 @@ class FsyncDir:
     pass
 
 
-@dataclass(frozen=True)
-class SyncAll:
-    """sync(2) / syncfs(2): everything before it is on disk."""
-
-
 Op = Union[Create, Write, Truncate, Chmod, Link, Rename, Unlink, Fsync, FsyncDir, SyncAll]  # noqa: UP007  # py3.10 runtime alias
 ENTRY_OPS = (Link, Rename, Unlink)  # plus a Create with a name
 
@@ -127,10 +98,6 @@ def is_entry_op(op: Op) -> bool:
 def describe(op: Op) -> str:
     if isinstance(op, Create):
         return f"create(i{op.ino}, {op.name or 'O_TMPFILE'}, {op.mode:#o})"
-    if isinstance(op, Write):
-        return f"write(i{op.ino}, @{op.offset}, {len(op.data)} B)"
-    if isinstance(op, Truncate):
-        return f"truncate(i{op.ino}, {op.size})"
     if isinstance(op, Chmod):
         return f"fchmod(i{op.ino}, {op.mode:#o})"
     if isinstance(op, Link):
@@ -143,7 +110,7 @@ def describe(op: Op) -> str:
         return f"{'fdatasync' if op.data_only else 'fsync'}(i{op.ino})"
     if isinstance(op, FsyncDir):
         return "fsync(dir)"
-    return "sync()"
+    return describe_shared(op)  # write, truncate, sync
 
 
 @dataclass
@@ -161,49 +128,14 @@ class Recording:
         return [describe(op) for op in self.ops]
 
 
-# ----- strace output --------------------------------------------------------------------------
-
-_HEX = r"(?:\\x[0-9a-f]{2})*"
-_STRING = re.compile(rf'^"({_HEX})"(\.\.\.)?$')
-_FD = re.compile(r"^(-?\d+|AT_FDCWD)(?:<(.*)>)?(?:\(deleted\))?$")
-_PATH = re.compile(rf"^{_HEX}$")
-_IOV_BASE = re.compile(rf'iov_base="({_HEX})"(\.\.\.)?')
-_RESULT = re.compile(r"^(-?\d+)")
+# ----- the recorder ---------------------------------------------------------------------------
 
 
-def _unhex(text: str) -> bytes:
-    return bytes.fromhex(text.replace("\\x", ""))
-
-
-def _string(arg: str) -> bytes:
-    match = _STRING.match(arg)
-    if match is None:
-        raise Unmodeled(f"not a hex string argument: {arg!r}")
-    if match[2]:
-        raise Unmodeled("strace cut a string short (raise -s)")
-    return _unhex(match[1])
-
-
-def _flags(arg: str) -> set[str]:
-    return set(arg.split("|"))
-
-
-@dataclass
-class _Description:
-    """An open file description: the directory itself, or a file (an inode) with its offset."""
-
-    ino: int | None  # None: the traced directory
-    offset: int = 0
-    append: bool = False
-
-
-class _Recorder:
+class _Recorder(Recorder):
     def __init__(self, directory: str, markers: str, umask: int) -> None:
-        self.directory = directory
-        self.markers = markers
+        super().__init__(directory, markers)
         self.umask = umask
         self.entries: dict[str, int] = {}
-        self.sizes: dict[int, int] = {}
         self.inodes: dict[int, tuple[bytes, int]] = {}
         for name in sorted(os.listdir(directory)):
             path = os.path.join(directory, name)
@@ -214,9 +146,8 @@ class _Recorder:
             self.inodes[ino] = (Path(path).read_bytes(), st.st_mode & 0o7777)
             self.entries[name] = ino
             self.sizes[ino] = st.st_size
-        self.recording = Recording(directory, dict(self.entries), dict(self.inodes))
+        self.recording: Recording = Recording(directory, dict(self.entries), dict(self.inodes))
         self.next_ino = len(self.inodes)
-        self.fds: dict[int, dict[int, _Description]] = {}
 
     # -- helpers
 
@@ -225,20 +156,6 @@ class _Recorder:
             raise Unmodeled(f"a name the recorder does not know: {name!r} in {call}")
         return self.entries[name]
 
-    def emit(self, op: Op) -> None:
-        self.recording.ops.append(op)
-
-    def fd(self, pid: int, arg: str) -> tuple[_Description | None, str | None]:
-        """The description behind an fd argument (None if not ours) and strace's path for it."""
-        match = _FD.match(arg)
-        if match is None:
-            raise Unmodeled(f"not a file descriptor argument: {arg!r}")
-        # -y names every descriptor; -xx prints the name in hex (a socket's or pipe's too).
-        path = os.fsdecode(_unhex(match[2])) if match[2] is not None and _PATH.match(match[2]) else None
-        if match[1] == "AT_FDCWD":
-            return None, path
-        return self.fds.setdefault(pid, {}).get(int(match[1])), path
-
     def path(self, pid: int, dirfd: str | None, arg: str) -> str:
         """An absolute, normalized path for a path argument (relative to ``dirfd``, or the cwd)."""
         path = os.fsdecode(_string(arg))
@@ -246,7 +163,7 @@ class _Recorder:
             if dirfd is None:
                 raise Unmodeled(f"relative path without a directory descriptor: {path!r}")
             description, base = self.fd(pid, dirfd)
-            if description is not None and description.ino is None:
+            if description is not None and description.directory:
                 base = self.directory
             if base is None:
                 raise Unmodeled(f"no path for directory descriptor {dirfd!r} (is strace -y on?)")
@@ -264,20 +181,6 @@ class _Recorder:
             return name
         return None
 
-    def file(self, pid: int, arg: str, call: Call) -> _Description | None:
-        description, _ = self.fd(pid, arg)
-        if description is not None and description.ino is None:
-            raise Unmodeled(f"{call.name} on the directory descriptor: {call}")
-        return description
-
-    def bind(self, pid: int, result: str, description: _Description | None) -> None:
-        fd = int(_RESULT.match(result)[1])  # type: ignore[index]
-        table = self.fds.setdefault(pid, {})
-        if description is None:
-            table.pop(fd, None)
-        else:
-            table[fd] = description
-
     def new_inode(self, mode: int, name: str | None) -> int:
         ino = self.next_ino
         self.next_ino += 1
@@ -285,23 +188,13 @@ class _Recorder:
         self.emit(Create(ino, mode & ~self.umask & 0o7777, name))
         return ino
 
-    def write(self, description: _Description, data: bytes, offset: int | None) -> None:
-        assert description.ino is not None
-        ino = description.ino
-        if offset is None:
-            if description.append:
-                description.offset = self.sizes[ino]
-            offset = description.offset
-            description.offset += len(data)
-        if data:
-            self.emit(Write(ino, offset, data))
-            self.sizes[ino] = max(self.sizes[ino], offset + len(data))
-
-    # -- the calls
+    # -- the calls (close, dup, write, sync and the refused copies: Recorder.shared)
 
     def handle(self, call: Call) -> None:
         name, args, pid = call.name, call.args, call.pid
         ok = not call.result.startswith("-")
+        if self.shared(call):
+            return
         if name in ("openat", "open", "creat"):
             dirfd, rest = (args[0], args[1:]) if name == "openat" else ("AT_FDCWD", args)
             path = self.path(pid, dirfd, rest[0])
@@ -314,29 +207,10 @@ class _Recorder:
             flags = _flags(rest[1]) if name != "creat" else {"O_CREAT", "O_WRONLY", "O_TRUNC"}
             mode = int(rest[-1], 8) if rest[-1].startswith("0") and len(rest) > 1 else 0
             self.bind(pid, call.result, self.open(path, flags, mode, call))
-        elif name == "close":
-            if ok:
-                self.fds.setdefault(pid, {}).pop(int(_FD.match(args[0])[1]), None)  # type: ignore[index]
-        elif name in ("dup", "dup2", "dup3") or (name == "fcntl" and args[1].startswith("F_DUPFD")):
-            if ok:
-                self.bind(pid, call.result, self.fd(pid, args[0])[0])
         elif name == "lseek":
             description = self.file(pid, args[0], call)
             if description is not None and ok:
                 description.offset = int(call.result)
-        elif name in ("write", "pwrite64", "writev"):
-            description = self.file(pid, args[0], call)
-            if description is None or not ok:
-                return
-            if name == "writev":
-                pieces = _IOV_BASE.findall(args[1])
-                if any(cut for _, cut in pieces):
-                    raise Unmodeled("strace cut an iovec short (raise -s)")
-                data = b"".join(_unhex(piece) for piece, _ in pieces)
-            else:
-                data = _string(args[1])
-            data = data[: int(call.result)]
-            self.write(description, data, int(args[3]) if name == "pwrite64" else None)
         elif name in ("ftruncate", "truncate"):
             if name == "ftruncate":
                 description = self.file(pid, args[0], call)
@@ -360,15 +234,10 @@ class _Recorder:
         elif name in ("fsync", "fdatasync"):
             description, _ = self.fd(pid, args[0])
             if description is not None and ok:
-                if description.ino is None:
+                if description.directory:
                     self.emit(FsyncDir())
                 else:
                     self.emit(Fsync(description.ino, data_only=name == "fdatasync"))
-        elif name in ("sync", "syncfs"):
-            if ok:
-                self.emit(SyncAll())
-        elif name == "sync_file_range":
-            pass  # starts writeback, promises nothing: not a barrier
         elif name in ("rename", "renameat", "renameat2"):
             if name == "rename":
                 src = self.path(pid, None, args[0])
@@ -404,7 +273,7 @@ class _Recorder:
                 description = self.fd(pid, src_fd or "")[0]
             else:
                 old = self.name(src_path)
-                description = None if old is None else _Description(self.inode(old, call))
+                description = None if old is None else Description(self.inode(old, call))
             if description is None or description.ino is None:
                 raise Unmodeled(f"a link from outside the traced directory: {call}")
             self.entries[new] = description.ino
@@ -418,20 +287,16 @@ class _Recorder:
                 self.inode(entry, call)
                 del self.entries[entry]
                 self.emit(Unlink(entry))
-        elif name in ("fallocate", "copy_file_range", "sendfile", "splice", "pwritev", "pwritev2"):
-            targets = (0, 2) if name in ("copy_file_range", "splice") else (0,)  # the written fds
-            if any(self.fd(pid, args[i])[0] is not None for i in targets if i < len(args)):
-                raise Unmodeled(f"{name} on a traced file: {call}")
         elif name in ("symlink", "symlinkat", "mkdir", "mkdirat", "rmdir"):
             paths = [self.path(pid, "AT_FDCWD", arg) for arg in args if arg.startswith('"')]
             if any(self.name(path) is not None for path in paths):
                 raise Unmodeled(f"{name} in the traced directory: {call}")
 
-    def open(self, path: str, flags: set[str], mode: int, call: Call) -> _Description | None:
+    def open(self, path: str, flags: set[str], mode: int, call: Call) -> Description | None:
         if path == self.directory:
             if "O_TMPFILE" in flags:
-                return _Description(self.new_inode(mode, None))
-            return _Description(None)
+                return Description(self.new_inode(mode, None))
+            return Description(None, directory=True)
         entry = self.name(path)
         if entry is None:
             return None
@@ -450,7 +315,7 @@ class _Recorder:
                 raise Unmodeled(f"opened a name the recorder does not know: {call}")
             ino = self.new_inode(mode, entry)
             self.entries[entry] = ino
-        return _Description(ino, append="O_APPEND" in flags)
+        return Description(ino, append="O_APPEND" in flags)
 
 
 def record(
@@ -458,38 +323,8 @@ def record(
 ) -> Recording:
     """Run a writer (see :mod:`.writers`) on ``target`` under strace; the directory's current
     content is the durable starting state."""
-    strace = shutil.which("strace")
-    if strace is None:
-        raise StraceUnavailable("strace not installed (apt-get install strace)")
-    directory_path = os.path.realpath(directory)
-    markers = os.path.realpath(directory.parent)
-    recorder = _Recorder(directory_path, markers, writers.UMASK)
-    log = directory.parent / f"strace.{protocol}.log"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    env.pop("ATOMICWRITE_TEST_VARIANT", None)
-    if variant is not None:
-        env["ATOMICWRITE_TEST_VARIANT"] = variant
-    command = [strace, "-f", "-y", "-qq", "-xx", "-s", str(1 << 20), "-e", f"trace={','.join(TRACED)}"]
-    command += ["-e", "signal=none", "-o", str(log), sys.executable, "-m", "tests.crashsim.writers"]
-    command += [protocol, os.path.join(directory_path, target.name), markers, *options]
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False)
-    if done.returncode != 0 and "ptrace" in done.stderr.lower():
-        raise StraceUnavailable(f"strace cannot trace here: {done.stderr.strip()}")
-    if done.returncode != 0:
-        raise RuntimeError(f"traced writer failed ({done.returncode}): {done.stderr[-3000:]}")
-    text = log.read_text()
-    for line in text.splitlines():
-        if "resumed>" in line or "<unfinished" in line:
-            raise Unmodeled(f"an interrupted call (a second thread or process?): {line}")
-    pids = set()
-    for call in _parse(text):
-        before = len(recorder.recording.ops)
-        recorder.handle(call)
-        if len(recorder.recording.ops) != before:
-            pids.add(call.pid)
-    if len(pids) > 1:
-        raise Unmodeled(f"more than one process changed the traced directory: {sorted(pids)}")
-    recording = recorder.recording
+    make = functools.partial(_Recorder, umask=writers.UMASK)
+    recording = run_writer(make, directory, target.name, protocol, options, variant=variant, timeout=timeout).recording
     if recording.begun_at < 0 or recording.returned_at < 0:
         raise Unmodeled("the begin/returned markers are missing from the trace")
     if recording.begun_at != 0:

@@ -17,7 +17,8 @@ inode when it is renamed), and enumerates the crash states with the persistence 
   or without its data (zeros); a symlink's target is part of its creation.
 
 File modes are not modelled here (the directory oracles do not read them); a ``chmod`` of a
-traced file raises :class:`~.trace.Unmodeled`, as does anything else the model cannot represent.
+traced file raises :class:`~.recorder.Unmodeled`, as does anything else the model cannot
+represent.
 
 Only what a reader can see is kept of each state (``project``): the target's subtree for
 ``atomic_directory``, the names not starting with "." for a store (its readers never open the
@@ -30,31 +31,28 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
 
 from tests.crashsim import writers
-from tests.crashsim.model import MAX_COMBINATIONS, MAX_LOOSE_ENTRY_OPS, TooManyStates, _apply
-from tests.crashsim.trace import (
-    _FD,
-    _IOV_BASE,
-    _PATH,
-    _RESULT,
+from tests.crashsim.model import data_images, entry_subsets, one_more, only_state
+from tests.crashsim.recorder import (
     ROOT,
-    TRACED,
-    StraceUnavailable,
+    Description,
+    Recorder,
+    SyncAll,
     Truncate,
     Unmodeled,
     Write,
     _flags,
     _string,
-    _unhex,
+    describe_shared,
+    run_writer,
 )
-from tests.test_syscalls import Call, _parse
+from tests.crashsim.replay import Counts, after, replayed
+from tests.test_syscalls import Call
 
 ROOT_INO = 0  # the traced directory
 
@@ -63,24 +61,26 @@ ROOT_INO = 0  # the traced directory
 
 
 @dataclass(frozen=True)
-class MakeFile:
+class Make:
+    """A new inode ``ino``, named ``name`` in directory ``parent``."""
+
     parent: int
     name: str
     ino: int
 
 
 @dataclass(frozen=True)
-class MakeDir:
-    parent: int
-    name: str
-    ino: int
+class MakeFile(Make):
+    pass
 
 
 @dataclass(frozen=True)
-class MakeSymlink:
-    parent: int
-    name: str
-    ino: int
+class MakeDir(Make):
+    pass
+
+
+@dataclass(frozen=True)
+class MakeSymlink(Make):
     points_to: str
 
 
@@ -116,13 +116,8 @@ class SyncDir:
     ino: int
 
 
-@dataclass(frozen=True)
-class SyncEverything:
-    pass
-
-
-TreeOp = Union[MakeFile, MakeDir, MakeSymlink, Move, Remove, Write, Truncate, SyncFile, SyncDir, SyncEverything]  # noqa: UP007
-ENTRY_OPS = (MakeFile, MakeDir, MakeSymlink, Move, Remove)
+TreeOp = Union[MakeFile, MakeDir, MakeSymlink, Move, Remove, Write, Truncate, SyncFile, SyncDir, SyncAll]  # noqa: UP007
+ENTRY_OPS = (Make, Move, Remove)
 
 
 def describe(op: TreeOp) -> str:
@@ -137,15 +132,11 @@ def describe(op: TreeOp) -> str:
         return f"rename{f'({kind})' if kind else ''}(d{op.parent}: {op.src} -> {op.dst})"
     if isinstance(op, Remove):
         return f"{'rmdir' if op.directory else 'unlink'}(d{op.parent}/{op.name})"
-    if isinstance(op, Write):
-        return f"write(i{op.ino}, @{op.offset}, {len(op.data)} B)"
-    if isinstance(op, Truncate):
-        return f"truncate(i{op.ino}, {op.size})"
     if isinstance(op, SyncFile):
         return f"fsync(i{op.ino})"
     if isinstance(op, SyncDir):
         return f"fsync(d{op.ino})"
-    return "sync()"
+    return describe_shared(op)  # write, truncate, sync
 
 
 @dataclass
@@ -161,41 +152,20 @@ class TreeRecording:
 # ----- the recorder ---------------------------------------------------------------------------
 
 
-@dataclass
-class _Open:
-    ino: int
-    directory: bool
-    offset: int = 0
-    append: bool = False
+class _TreeRecorder(Recorder):
+    scope = "tree"
 
-
-class _TreeRecorder:
     def __init__(self, directory: str, markers: str) -> None:
         if os.listdir(directory):
             raise Unmodeled(f"the traced directory must start empty: {directory!r}")
-        self.directory = directory
-        self.markers = markers
-        self.recording = TreeRecording(directory)
+        super().__init__(directory, markers)
+        self.recording: TreeRecording = TreeRecording(directory)
         self.children: dict[int, dict[str, int]] = {ROOT_INO: {}}  # directory inode -> entries
-        self.sizes: dict[int, int] = {}
         self.next_ino = ROOT_INO + 1
-        self.fds: dict[int, dict[int, _Open]] = {}
-
-    def emit(self, op: TreeOp) -> None:
-        self.recording.ops.append(op)
 
     def new_ino(self) -> int:
         self.next_ino += 1
         return self.next_ino - 1
-
-    def fd(self, pid: int, arg: str) -> tuple[_Open | None, str | None]:
-        match = _FD.match(arg)
-        if match is None:
-            raise Unmodeled(f"not a file descriptor argument: {arg!r}")
-        path = os.fsdecode(_unhex(match[2])) if match[2] is not None and _PATH.match(match[2]) else None
-        if match[1] == "AT_FDCWD":
-            return None, path
-        return self.fds.setdefault(pid, {}).get(int(match[1])), path
 
     def locate(self, pid: int, dirfd: str, arg: str) -> tuple[int, str] | None:
         """``(parent directory inode, name)`` of a path argument, or None outside the tree."""
@@ -231,14 +201,6 @@ class _TreeRecorder:
             ino = child
         return ino, name
 
-    def bind(self, pid: int, result: str, description: _Open | None) -> None:
-        fd = int(_RESULT.match(result)[1])  # type: ignore[index]
-        table = self.fds.setdefault(pid, {})
-        if description is None:
-            table.pop(fd, None)
-        else:
-            table[fd] = description
-
     def handle(self, call: Call) -> None:
         name, args, pid = call.name, call.args, call.pid
         ok = not call.result.startswith("-")
@@ -253,45 +215,18 @@ class _TreeRecorder:
                 return
             flags = _flags(rest[1]) if name != "creat" else {"O_CREAT", "O_WRONLY", "O_TRUNC"}
             if os.path.normpath(os.path.join(str(ROOT), raw)) == self.directory:
-                self.bind(pid, call.result, _Open(ROOT_INO, directory=True))
+                self.bind(pid, call.result, Description(ROOT_INO, directory=True))
                 return
             where = self.locate(pid, dirfd, rest[0])
             self.bind(pid, call.result, None if where is None else self.open(where, flags, call))
         elif not ok:
             return  # a failed call changed nothing (mkdir of an existing directory...)
-        elif name == "close":
-            if ok:
-                self.fds.setdefault(pid, {}).pop(int(_FD.match(args[0])[1]), None)  # type: ignore[index]
-        elif name in ("dup", "dup2", "dup3") or (name == "fcntl" and args[1].startswith("F_DUPFD")):
-            if ok:
-                self.bind(pid, call.result, self.fd(pid, args[0])[0])
+        elif self.shared(call):
+            return  # close, dup, write, sync and the refused copies
         elif name == "lseek":
             description = self.fd(pid, args[0])[0]
             if description is not None and not description.directory and ok:
                 description.offset = int(call.result)
-        elif name in ("write", "pwrite64", "writev"):
-            description = self.fd(pid, args[0])[0]
-            if description is None or not ok:
-                return
-            if description.directory:
-                raise Unmodeled(f"a write to a directory descriptor: {call}")
-            if name == "writev":
-                pieces = _IOV_BASE.findall(args[1])
-                if any(cut for _, cut in pieces):
-                    raise Unmodeled("strace cut an iovec short (raise -s)")
-                data = b"".join(_unhex(piece) for piece, _ in pieces)
-            else:
-                data = _string(args[1])
-            data = data[: int(call.result)]
-            offset = int(args[3]) if name == "pwrite64" else None
-            if offset is None:
-                if description.append:
-                    description.offset = self.sizes[description.ino]
-                offset = description.offset
-                description.offset += len(data)
-            if data:
-                self.emit(Write(description.ino, offset, data))
-                self.sizes[description.ino] = max(self.sizes[description.ino], offset + len(data))
         elif name in ("ftruncate", "truncate", "fchmod", "fchmodat", "fchmodat2", "chmod"):
             description = self.fd(pid, args[0])[0] if name.startswith("f") and name != "fchmodat" else None
             if description is not None and ok:
@@ -309,11 +244,6 @@ class _TreeRecorder:
                     raise Unmodeled(f"fdatasync in a tree (modes are not modelled): {call}")
                 else:
                     self.emit(SyncFile(description.ino))
-        elif name in ("sync", "syncfs"):
-            if ok:
-                self.emit(SyncEverything())
-        elif name == "sync_file_range":
-            pass  # not a barrier
         elif name in ("mkdir", "mkdirat"):
             dirfd, path_arg = (args[0], args[1]) if name == "mkdirat" else ("AT_FDCWD", args[0])
             where = self.locate(pid, dirfd, path_arg)
@@ -372,12 +302,8 @@ class _TreeRecorder:
             dirfds = ["AT_FDCWD", "AT_FDCWD"] if name == "link" else [args[2]]
             if any(self.locate(pid, d, p) is not None for d, p in zip(dirfds, paths, strict=True)):
                 raise Unmodeled(f"a hard link in the traced tree: {call}")
-        elif name in ("fallocate", "copy_file_range", "sendfile", "splice", "pwritev", "pwritev2"):
-            targets = (0, 2) if name in ("copy_file_range", "splice") else (0,)
-            if any(self.fd(pid, args[i])[0] is not None for i in targets if i < len(args)):
-                raise Unmodeled(f"{name} on a traced file: {call}")
 
-    def open(self, where: tuple[int, str], flags: set[str], call: Call) -> _Open:
+    def open(self, where: tuple[int, str], flags: set[str], call: Call) -> Description:
         parent, entry = where
         if "O_TMPFILE" in flags:
             raise Unmodeled(f"O_TMPFILE in the traced tree: {call}")
@@ -387,50 +313,22 @@ class _TreeRecorder:
         if entry in entries:
             ino = entries[entry]
             if ino in self.children:
-                return _Open(ino, directory=True)
+                return Description(ino, directory=True)
             if "O_TRUNC" in flags and flags & {"O_WRONLY", "O_RDWR"}:
                 raise Unmodeled(f"O_TRUNC of an existing traced file: {call}")
-            return _Open(ino, directory=False, append="O_APPEND" in flags)
+            return Description(ino, directory=False, append="O_APPEND" in flags)
         if "O_CREAT" not in flags:
             raise Unmodeled(f"opened a name the recorder does not know: {call}")
         ino = self.new_ino()
         entries[entry] = ino
         self.sizes[ino] = 0
         self.emit(MakeFile(parent, entry, ino))
-        return _Open(ino, directory=False, append="O_APPEND" in flags)
+        return Description(ino, directory=False, append="O_APPEND" in flags)
 
 
 def record_tree(directory: Path, protocol: str, *options: str, timeout: float = 120) -> TreeRecording:
     """Run a tree writer of :mod:`.writers` under strace in the (empty) ``directory``."""
-    strace = shutil.which("strace")
-    if strace is None:
-        raise StraceUnavailable("strace not installed (apt-get install strace)")
-    directory_path = os.path.realpath(directory)
-    markers = os.path.realpath(directory.parent)
-    recorder = _TreeRecorder(directory_path, markers)
-    log = directory.parent / f"strace.{protocol}.log"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    env.pop("ATOMICWRITE_TEST_VARIANT", None)
-    command = [strace, "-f", "-y", "-qq", "-xx", "-s", str(1 << 20), "-e", f"trace={','.join(TRACED)}"]
-    command += ["-e", "signal=none", "-o", str(log), sys.executable, "-m", "tests.crashsim.writers"]
-    command += [protocol, os.path.join(directory_path, "target"), markers, *options]
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False)
-    if done.returncode != 0 and "ptrace" in done.stderr.lower():
-        raise StraceUnavailable(f"strace cannot trace here: {done.stderr.strip()}")
-    if done.returncode != 0:
-        raise RuntimeError(f"traced writer failed ({done.returncode}): {done.stderr[-3000:]}")
-    text = log.read_text()
-    for line in text.splitlines():
-        if "resumed>" in line or "<unfinished" in line:
-            raise Unmodeled(f"an interrupted call (a second thread or process?): {line}")
-    pids = set()
-    for call in _parse(text):
-        before = len(recorder.recording.ops)
-        recorder.handle(call)
-        if len(recorder.recording.ops) != before:
-            pids.add(call.pid)
-    if len(pids) > 1:
-        raise Unmodeled(f"more than one process changed the traced tree: {sorted(pids)}")
+    recorder = run_writer(_TreeRecorder, directory, "target", protocol, options, variant=None, timeout=timeout)
     recording = recorder.recording
     if set(recording.marks) != {writers.BEGIN, writers.PUBLISHED, writers.RETURNED}:
         raise Unmodeled(f"markers missing from the trace: {recording.marks}")
@@ -447,26 +345,6 @@ Node = tuple[str, object]
 Projection = Callable[[str], bool]
 
 
-def _file_images(ops: list[TreeOp], ino: int, covered: Callable[[int], bool]) -> list[bytes]:
-    """Every content the file ``ino`` may have on disk after ``ops`` (see :mod:`.model`)."""
-    content = b""
-    tail: list[Write | Truncate] = []
-    for i, op in enumerate(ops):
-        if isinstance(op, (Write, Truncate)) and op.ino == ino:
-            if covered(i):
-                assert not tail, "a covered data operation after an uncovered one"
-                content = _apply(content, op)
-            else:
-                tail.append(op)
-    contents = {content}
-    applied, zeroed = content, content
-    for op in tail:
-        applied = _apply(applied, op)
-        zeroed = _apply(zeroed, op, zero=True)
-        contents.update((applied, zeroed))
-    return sorted(contents)
-
-
 @dataclass
 class TreePoint:
     index: int
@@ -481,7 +359,7 @@ class _Point:
     def __init__(self, recording: TreeRecording, k: int) -> None:
         self.k = k
         self.ops = ops = recording.ops[:k]
-        sync_all = max((i for i, op in enumerate(ops) if isinstance(op, SyncEverything)), default=-1)
+        sync_all = max((i for i, op in enumerate(ops) if isinstance(op, SyncAll)), default=-1)
         self.sync_all = sync_all
         dir_sync: dict[int, int] = {}
         self.file_sync: dict[int, int] = {}
@@ -511,19 +389,13 @@ class _Point:
         operations only, so each directory is enumerated on its own."""
         indices = self.by_directory.get(ino, [])
         barrier = max(self.dir_sync.get(ino, -1), self.sync_all)
-        loose = [i for i in indices if i >= barrier]
-        if len(loose) > MAX_LOOSE_ENTRY_OPS:
-            raise TooManyStates(f"{len(loose)} uncovered operations in d{ino} at crash point {self.k}")
         found = set()
-        for chosen in itertools.product((False, True), repeat=len(loose)):
+        for persisted in entry_subsets(indices, barrier, f"operations in d{ino} at crash point {self.k}"):
             self.combinations += 1
-            skipped = {i for i, keep in zip(loose, chosen, strict=True) if not keep}
             entries: dict[str, int] = {}
-            for i in indices:
-                if i in skipped:
-                    continue
+            for i in persisted:
                 op = self.ops[i]
-                if isinstance(op, (MakeFile, MakeDir, MakeSymlink)):
+                if isinstance(op, Make):
                     entries[op.name] = op.ino
                 elif isinstance(op, Move):
                     if op.exchange:
@@ -545,7 +417,7 @@ class _Point:
         result: set[Node]
         if kind == "file":
             barrier = max(self.file_sync.get(ino, -1), self.sync_all)
-            result = {("file", content) for content in _file_images(self.ops, ino, lambda i: i < barrier)}
+            result = {("file", content) for content in data_images(b"", self.ops, ino, lambda i: i < barrier)}
         elif kind == "link":
             result = {("link", extra)}
         else:
@@ -554,9 +426,7 @@ class _Point:
                 names = [(name, child) for name, child in listing if keep is None or keep(name)]
                 options = [sorted(self.trees(child), key=repr) for _, child in names]
                 for pick in itertools.product(*options):
-                    self.combinations += 1
-                    if self.combinations > MAX_COMBINATIONS:
-                        raise TooManyStates(f"more than {MAX_COMBINATIONS} combinations at crash point {self.k}")
+                    self.combinations = one_more(self.combinations, self.k)
                     result.add(("dir", tuple((name, node) for (name, _), node in zip(names, pick, strict=True))))
         if keep is None:
             self.nodes[ino] = result
@@ -590,10 +460,8 @@ def project_tree(node: Node, project: Projection) -> Node:
 
 
 def final_tree(recording: TreeRecording, project: Projection) -> Node:
-    synced = TreeRecording(recording.directory, [*recording.ops, SyncEverything()], dict(recording.marks))
-    point = tree_point(synced, len(synced.ops), project)
-    assert len(point.states) == 1, "everything synced, yet more than one state"
-    return next(iter(point.states))
+    synced = TreeRecording(recording.directory, [*recording.ops, SyncAll()], dict(recording.marks))
+    return only_state(tree_point(synced, len(synced.ops), project).states)
 
 
 def scan_tree(path: str) -> Node | None:
@@ -626,31 +494,11 @@ def materialize_tree(node: Node, path: Path) -> None:
 
 
 @dataclass
-class TreeExploration:
-    label: str
-    operations: int
-    crash_points: int = 0
-    combinations: int = 0
-    states: int = 0
-    materialized: int = 0
-    violations: dict[str, int] = field(default_factory=dict)
-    examples: list[str] = field(default_factory=list)
+class TreeExploration(Counts):
     seen: set[str] = field(default_factory=set)  # what the reader found, in every violation
 
-    @property
-    def failed(self) -> set[str]:
-        return {oracle for oracle, count in self.violations.items() if count}
-
-    def summary(self) -> str:
-        broken = ", ".join(f"{oracle}: {count}" for oracle, count in sorted(self.violations.items()) if count)
-        return (
-            f"{self.label}: {self.operations} ops, {self.crash_points} crash points, "
-            f"{self.states} states ({self.combinations} combinations, {self.materialized} distinct replayed); "
-            f"violations: {broken or 'none'}"
-        )
-
-    def explain(self) -> str:
-        return "\n".join([self.summary(), *self.examples])
+    def saw(self, oracle: str, found: str) -> None:
+        self.seen.add(found)
 
 
 # A reader: given the scratch copy of the traced directory, what it found ("old", "new",
@@ -667,31 +515,22 @@ def explore_tree(
     result = TreeExploration(label, len(recording.ops), violations={"a": 0, "b": 0})
     published = recording.marks[writers.PUBLISHED]
     returned = recording.marks[writers.RETURNED]
-    seen: dict[Node, str] = {}
-    for k in range(len(recording.ops) + 1):
-        point = tree_point(recording, k, project)
-        result.crash_points += 1
-        result.combinations += point.combinations
-        result.states += len(point.states)
-        for state in sorted(point.states, key=repr):
-            if state not in seen:
-                if scratch.exists():
-                    shutil.rmtree(scratch)
-                materialize_tree(state, scratch)
-                seen[state] = reader(scratch)
-            found = seen[state]
-            failed = []
-            if found not in ("old", "new", "missing") or (found == "missing" and k >= published):
-                failed.append("a")
-            if k >= returned and found != "new":
-                failed.append("b")
-            for oracle in failed:
-                result.violations[oracle] += 1
-                result.seen.add(found)
-                if sum(example.startswith(f"[{oracle}]") for example in result.examples) < 3:
-                    after = describe(recording.ops[k - 1]) if k else "(nothing yet)"
-                    result.examples.append(f"[{oracle}] crash after #{k} {after}: {found}")
-    result.materialized = len(seen)
-    if scratch.exists():
-        shutil.rmtree(scratch)
+
+    def replay(state: Node) -> str:
+        if scratch.exists():
+            shutil.rmtree(scratch)
+        materialize_tree(state, scratch)
+        return reader(scratch)
+
+    points = (tree_point(recording, k, project) for k in range(len(recording.ops) + 1))
+    for point, _, found in replayed(result, points, replay, scratch, repr):
+        k = point.index
+        failed = []
+        if found not in ("old", "new", "missing") or (found == "missing" and k >= published):
+            failed.append("a")
+        if k >= returned and found != "new":
+            failed.append("b")
+        for oracle in failed:
+            if result.violated(oracle, found):
+                result.examples.append(f"[{oracle}] crash after #{k} {after(describe, recording.ops, k)}: {found}")
     return result
