@@ -183,10 +183,21 @@ class _AtomicCheckpointIOMethods:
         self, checkpoint: dict[str, Any], path: str | os.PathLike[str], storage_options: Any | None = None
     ) -> None:
         """Write ``checkpoint`` to ``path`` all or nothing (``storage_options`` go to fsspec)."""
+        text, options = self._prepare_save(path, storage_options)
+        _awt.save(checkpoint, text, storage_options=options, durability=self.durability)
+
+    def _prepare_save(
+        self, path: str | os.PathLike[str], storage_options: Any | None
+    ) -> tuple[str, dict[str, Any] | None]:
+        """``path`` as text and the options to write it with, once its local directory exists.
+
+        The sync and async plugins both start a save here, so that they merge the options the same
+        way and, like Lightning's own plugin, never fail on a directory not made yet.
+        """
         text = os.fspath(path)
         options = _merge(self.storage_options, storage_options)
         _make_parent(text, options)
-        _awt.save(checkpoint, text, storage_options=options, durability=self.durability)
+        return text, options
 
     def load_checkpoint(
         self, path: str | os.PathLike[str], map_location: Any | None = None, weights_only: bool | None = None
@@ -226,9 +237,7 @@ class _AtomicAsyncCheckpointIOMethods(_AtomicCheckpointIOMethods):
         self, checkpoint: dict[str, Any], path: str | os.PathLike[str], storage_options: Any | None = None
     ) -> None:
         """Snapshot ``checkpoint``'s tensors to CPU and queue the write; an earlier failure raises here."""
-        text = os.fspath(path)
-        options = _merge(self.storage_options, storage_options)
-        _make_parent(text, options)
+        text, options = self._prepare_save(path, storage_options)
         self.saver.save(checkpoint, text, storage_options=options or {})
 
     def remove_checkpoint(self, path: str | os.PathLike[str]) -> None:
@@ -318,30 +327,31 @@ def default_namespace() -> Namespace:
     raise ImportError("atomicwrite.lightning needs lightning (pip install lightning) or pytorch_lightning")
 
 
+def _public_class(name: str, methods: type, base: type[Any], doc: str) -> type[Any]:
+    # Named and placed as the public class, so that reprs and error messages name it rather than
+    # the private methods class or the package's base.
+    return type(name, (methods, base), {"__doc__": doc, "__module__": __name__})
+
+
 @functools.cache
 def _checkpoint_io_classes(namespace: Namespace) -> tuple[type[Any], type[Any]]:
     module = importlib.import_module(_FABRIC_PACKAGE[namespace] + ".plugins.io.checkpoint_io")
-    base = module.CheckpointIO
-    doc_sync = (
+    sync = _public_class(
+        "AtomicCheckpointIO",
+        _AtomicCheckpointIOMethods,
+        module.CheckpointIO,
         "A ``CheckpointIO`` whose saves are all or nothing (`atomicwrite.torch.save`).\n\n"
         "``AtomicCheckpointIO(durability='full', storage_options=None)``: ``storage_options`` (fsspec options of an\n"
-        "object store) are merged with those given to each ``save_checkpoint``."
+        "object store) are merged with those given to each ``save_checkpoint``.",
     )
-    sync = type(
-        "AtomicCheckpointIO",
-        (_AtomicCheckpointIOMethods, base),
-        {"__doc__": doc_sync, "__module__": __name__},
-    )
-    doc_async = (
+    asynchronous = _public_class(
+        "AtomicAsyncCheckpointIO",
+        _AtomicAsyncCheckpointIOMethods,
+        module.CheckpointIO,
         "`AtomicCheckpointIO` with its saves written in a worker thread from a CPU snapshot.\n\n"
         "``AtomicAsyncCheckpointIO(max_pending=2, durability='full', storage_options=None)``: removals (and\n"
         "``AtomicModelCheckpoint``'s last links) wait for the saves queued before them; a failed save raises from\n"
-        "the next save, removal or teardown."
-    )
-    asynchronous = type(
-        "AtomicAsyncCheckpointIO",
-        (_AtomicAsyncCheckpointIOMethods, base),
-        {"__doc__": doc_async, "__module__": __name__},
+        "the next save, removal or teardown.",
     )
     return sync, asynchronous
 
@@ -349,14 +359,12 @@ def _checkpoint_io_classes(namespace: Namespace) -> tuple[type[Any], type[Any]]:
 @functools.cache
 def _model_checkpoint_class(namespace: Namespace) -> type[Any]:
     module = importlib.import_module(_TRAINER_PACKAGE[namespace] + ".callbacks")
-    doc = (
-        "A ``ModelCheckpoint`` with an atomic ``save_last='link'`` (temp symlink renamed over the old one) and a\n"
-        "``ckpt_path='last'`` that only resolves to a checkpoint that validates."
-    )
-    return type(
+    return _public_class(
         "AtomicModelCheckpoint",
-        (_AtomicModelCheckpointMethods, module.ModelCheckpoint),
-        {"__doc__": doc, "__module__": __name__},
+        _AtomicModelCheckpointMethods,
+        module.ModelCheckpoint,
+        "A ``ModelCheckpoint`` with an atomic ``save_last='link'`` (temp symlink renamed over the old one) and a\n"
+        "``ckpt_path='last'`` that only resolves to a checkpoint that validates.",
     )
 
 

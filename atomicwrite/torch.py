@@ -117,6 +117,10 @@ class ValidationResult:
 
 # --- save ---------------------------------------------------------------------------------
 
+# The two overloads spell out the same keywords: only an overload can tie ``background``'s literal
+# to the return type, and a TypedDict cannot carry the keywords beside ``**torch_save_kwargs``
+# (that needs PEP 728's ``extra_items``, which mypy does not support).
+
 
 @overload
 def save(
