@@ -15,11 +15,13 @@ import re
 import socket
 import sys
 import zlib
+from collections.abc import Callable
 
 __all__ = [
     "FRESH_TEMP_GRACE",
     "NAME_MAX",
     "host_tag",
+    "leftover_status",
     "lock_name",
     "parse_staging_name",
     "parse_temp_name",
@@ -113,6 +115,17 @@ def lock_name(name: str) -> str:
     """The lock file that serializes writers of ``name`` (``lock=True``); it is never removed,
     since removing a lock file races with the next writer that opens it."""
     return "." + _fit(name, NAME_MAX - 6) + ".lock"
+
+
+def leftover_status(path: str, is_kind: Callable[[int], bool]) -> os.stat_result | None:
+    """The status of ``path`` if it is of the kind this library leaves under such a name
+    (``stat.S_ISREG`` for a temp file, ``stat.S_ISLNK`` for a pointer's temp link), read without
+    following a link; None for anything else, or nothing.  A sweep removes only what passes."""
+    try:
+        status = os.lstat(path)
+    except OSError:
+        return None
+    return status if is_kind(status.st_mode) else None
 
 
 def pid_alive(pid: int) -> bool:

@@ -350,29 +350,9 @@ def _probe_local(report: DoctorReport, strategy: LocalStrategy, directory: str, 
     # Both conditions are checked when the write starts and again by the publishing call; the
     # probes let another writer win in between, so that the publishing call is what decides.
     contested = os.path.join(directory, scratch.new())
-    exclusive_ok = _loses_race(contested, "xb", None)
-    add(
-        Check(
-            "exclusive_create",
-            "exclusive create (mode 'xb')",
-            "yes" if exclusive_ok else "no",
-            "refused at commit: a file created meanwhile was kept"
-            if exclusive_ok
-            else "a file created meanwhile was replaced",
-        )
-    )
+    add(_race_check("exclusive_create", "exclusive create (mode 'xb')", "file created", contested, None))
     current = _atomic_write(contested, _PAYLOAD).version
-    cas_ok = _loses_race(contested, "wb", current)
-    add(
-        Check(
-            "compare_and_swap",
-            "compare-and-swap (if_match=)",
-            "yes" if cas_ok else "no",
-            "refused at commit: a version written meanwhile was kept"
-            if cas_ok
-            else "a version written meanwhile was replaced",
-        )
-    )
+    add(_race_check("compare_and_swap", "compare-and-swap (if_match=)", "version written", contested, current))
 
     usage = shutil.disk_usage(directory)
     add(Check("free_space", "free space", "info", f"{_size(usage.free)} of {_size(usage.total)}", usage.free))
@@ -486,6 +466,15 @@ def _atomic_write(
         f.write(data)
     assert f.result is not None
     return f.result
+
+
+def _race_check(key: str, label: str, theirs: str, path: str, if_match: object | None) -> Check:
+    """The check of a conditional write (exclusive without ``if_match``) that another writer
+    beats between its start and its commit: it holds if the other writer's ``theirs`` is kept."""
+    held = _loses_race(path, "xb" if if_match is None else "wb", if_match)
+    if held:
+        return Check(key, label, "yes", f"refused at commit: a {theirs} meanwhile was kept")
+    return Check(key, label, "no", f"a {theirs} meanwhile was replaced")
 
 
 def _loses_race(path: str, mode: Literal["wb", "xb"], if_match: object | None) -> bool:

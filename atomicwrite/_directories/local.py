@@ -25,7 +25,7 @@ from .._errors import (
     os_error,
 )
 from .._local.base import flush_to_disk
-from .._names import FRESH_TEMP_GRACE, parse_staging_name, temp_name
+from .._names import FRESH_TEMP_GRACE, leftover_status, parse_staging_name, temp_name
 from .manifest import (
     MANIFEST_NAME,
     DirectoryCommitResult,
@@ -328,11 +328,8 @@ def remove_stale_staging(  # noqa: PLR0911 - one early return per reason to keep
     """
     path = os.path.join(directory, entry)
     if kind == "link":
-        try:
-            st = os.lstat(path)
-        except OSError:
-            return False
-        if not stat.S_ISLNK(st.st_mode):
+        st = leftover_status(path, stat.S_ISLNK)
+        if st is None:
             return False
         if alive or (alive is None and st.st_mtime >= cutoff):
             return False

@@ -30,6 +30,7 @@ __all__ = [
     "check_name",
     "digest_fd",
     "digest_stream",
+    "inside",
     "merge_reported",
     "new_generation",
 ]
@@ -148,6 +149,12 @@ def check_name(name: str) -> str:
     if parts == [MANIFEST_NAME]:
         raise UsageError(f"{MANIFEST_NAME!r} is the manifest's name; it is written for you")
     return "/".join(parts)
+
+
+def inside(directory: str, clean: str, *, local: bool) -> str:
+    """Where the file ``clean`` (a name `check_name` returned) of ``directory`` is: a path with
+    the OS's separators on a local disk, a ``/``-joined URL on a store."""
+    return os.path.join(directory, *clean.split("/")) if local else f"{directory}/{clean}"
 
 
 def digest_fd(fd: int) -> str:

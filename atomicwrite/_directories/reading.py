@@ -22,6 +22,7 @@ from .manifest import (
     Target,
     check_name,
     digest_stream,
+    inside,
 )
 
 __all__ = ["PublishedDirectory", "open_directory", "verify_directory"]
@@ -40,8 +41,8 @@ class PublishedDirectory:
         """Where the file ``name`` of this version is (a path, or a URL)."""
         clean = check_name(name)
         if self.local:
-            return os.path.join(self.target, *clean.split("/"))
-        return f"{self.target}/{self.manifest.generation}/{clean}"
+            return inside(self.target, clean, local=True)
+        return inside(f"{self.target}/{self.manifest.generation}", clean, local=False)
 
     def __truediv__(self, name: str) -> str:
         return self.path(name)

@@ -13,7 +13,7 @@ from .._errors import (
     os_error,
 )
 from .._local.base import flush_to_disk
-from .manifest import DirectoryCommitResult, FileEntry, check_name, digest_fd, digest_stream
+from .manifest import DirectoryCommitResult, FileEntry, check_name, digest_fd, digest_stream, inside
 
 __all__ = ["DirectoryTransaction", "StagingDirectory", "describe_files"]
 
@@ -44,9 +44,7 @@ class StagingDirectory:
         """The path (or URL) of the file ``name`` inside the staging directory."""
         clean = check_name(name)
         self._declared.add(clean)
-        if self.local:
-            return os.path.join(self.location, *clean.split("/"))
-        return f"{self.location}/{clean}"
+        return inside(self.location, clean, local=self.local)
 
     def __truediv__(self, name: str) -> str:
         return self.path(name)
@@ -128,7 +126,7 @@ def describe_files(
     for name in sorted(names):
         clean = check_name(name)
         if staging.local:
-            path = os.path.join(staging.location, *clean.split("/"))
+            path = inside(staging.location, clean, local=True)
             try:
                 fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC)
             except OSError as exc:

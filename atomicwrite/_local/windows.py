@@ -53,7 +53,7 @@ from .._errors import (
     UnsupportedTargetError,
     os_error,
 )
-from .._names import FRESH_TEMP_GRACE, host_tag, temp_name
+from .._names import FRESH_TEMP_GRACE, host_tag, leftover_status, temp_name
 from .._result import CommitResult, Durability, LocalVersion
 from .._strategy import WriteOptions
 from .base import LocalPendingWrite, LocalStrategy, require_version
@@ -663,11 +663,8 @@ class WindowsStrategy(LocalStrategy):
         Liveness comes from OpenProcess, never from ``os.kill``, which terminates the process.
         """
         path = os.path.join(directory, entry)
-        try:
-            st = os.lstat(path)
-        except OSError:
-            return False
-        if not stat.S_ISREG(st.st_mode):
+        st = leftover_status(path, stat.S_ISREG)
+        if st is None:
             return False
         old_enough = st.st_mtime < cutoff and st.st_mtime < time.time() - FRESH_TEMP_GRACE
         if not old_enough and self.writer_alive(*writer) is not False:
