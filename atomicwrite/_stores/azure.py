@@ -85,16 +85,6 @@ def _error_code(exc: BaseException) -> str:
     return str(getattr(code, "value", code) or "")
 
 
-def _refused(exc: BaseException, *, if_match: object | None) -> bool:
-    """Whether an Azure error is a precondition of ours being refused."""
-    status = getattr(exc, "status_code", None)
-    code = _error_code(exc)
-    if status == 412 or code in ("ConditionNotMet", "BlobAlreadyExists"):
-        return True
-    # If-Match on a blob that is gone: the version asked for is not there any more.
-    return if_match is not None and status == 404 and code == "BlobNotFound"
-
-
 class _SyncTokenCredential:
     """A synchronous face for an asynchronous credential given to adlfs (run on adlfs's loop)."""
 
@@ -161,15 +151,20 @@ class AzureBackend(ObjectStoreBackend):
         self._write_id: str | None = None
         self._staged: set[int] = set()
 
-    @staticmethod
-    def _conditions(exclusive: bool, if_match: object | None) -> dict[str, Any]:
+    def _precondition(self, version: str | None) -> dict[str, Any]:
         from azure.core import MatchConditions
 
-        if exclusive:
+        if version is None:
             return {"match_condition": MatchConditions.IfMissing}  # If-None-Match: *
-        if if_match is not None:
-            return {"etag": str(if_match), "match_condition": MatchConditions.IfNotModified}  # If-Match
-        return {}
+        return {"etag": version, "match_condition": MatchConditions.IfNotModified}  # If-Match
+
+    def _refused(self, exc: BaseException, if_match: object | None) -> bool:
+        status = getattr(exc, "status_code", None)
+        code = _error_code(exc)
+        if status == 412 or code in ("ConditionNotMet", "BlobAlreadyExists"):
+            return True
+        # If-Match on a blob that is gone: the version asked for is not there any more.
+        return if_match is not None and status == 404 and code == "BlobNotFound"
 
     def _refusal(self, exc: HttpResponseError) -> PreconditionFailed:
         return PreconditionFailed(f"{self._url}: {_error_code(exc) or exc.status_code}")
@@ -195,7 +190,7 @@ class AzureBackend(ObjectStoreBackend):
                 **self._conditions(exclusive, if_match),
             )
         except HttpResponseError as exc:
-            if not _refused(exc, if_match=if_match):
+            if not self._refused(exc, if_match):
                 raise
             # A refusal that answers a retry may follow an attempt that did publish but whose
             # response was lost: then the blob holds exactly our bytes (its stored MD5 says so).
@@ -250,7 +245,7 @@ class AzureBackend(ObjectStoreBackend):
             if etag is not None:
                 self._published()
                 return etag
-            if _refused(exc, if_match=if_match):
+            if self._refused(exc, if_match):
                 raise self._refusal(exc) from exc
             if _error_code(exc) == "InvalidBlockList":
                 # Another writer's commit dropped our blocks.  If it also broke our precondition,
@@ -314,22 +309,16 @@ class AzureStrategy(ObjectStoreStrategy):
 
     name = "azure"
     protocol = "az"
+    bucket_noun = "container"
 
     def _blob(self, fs: Any, location: str) -> BlobClient:
-        container, blob, _ = fs.split_path(location)
-        if not container or not blob:
-            raise UnsupportedTargetError(f"{location!r} names a container, not an object")
+        container, blob, _ = self.split_object(fs, location)
         return service_client(fs).get_blob_client(container, blob)
 
     def backend(self, location: str, options: WriteOptions) -> AzureBackend:
         fs = self.filesystem(options)
-        return AzureBackend(
-            fs,
-            self._blob(fs, location),
-            location,
-            part_size=int(options.storage_options.get("part_size", 8 * MiB)),
-            parallel_parts=int(options.storage_options.get("parallel_parts", 4)),
-        )
+        part_size, parallel_parts = self.upload_tuning(options)
+        return AzureBackend(fs, self._blob(fs, location), location, part_size=part_size, parallel_parts=parallel_parts)
 
     def abort_upload(self, record: dict[str, Any], options: WriteOptions) -> None:
         fs = self.filesystem(options)

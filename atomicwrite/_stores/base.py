@@ -27,7 +27,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, NoReturn
 
@@ -64,10 +64,44 @@ class ObjectStoreBackend(ABC):
     #: between that request and storing its marker would leave an upload nothing names, so such
     #: a write stores its marker first (with :meth:`known_uploads`), then again with the id.
     creates_upload: bool = False
+    #: Whether an upload outlives a writer killed mid-upload, as it does in a real store: such a
+    #: write leaves a marker for sweep().  memory://'s parts die with their process.
+    outlives_writer: bool = True
 
     def known_uploads(self) -> list[str]:
         """The ids of the uploads already pending for the object, before :meth:`start`."""
         return []
+
+    def _conditions(self, exclusive: bool, if_match: object | None) -> dict[str, Any]:
+        """The arguments that carry the write's precondition on a publishing request: the store
+        checks it there, atomically, where a look beforehand would race."""
+        if exclusive:
+            return self._precondition(None)
+        if if_match is not None:
+            return self._precondition(str(if_match))
+        return {}
+
+    def _precondition(self, version: str | None) -> dict[str, Any]:
+        """The store's request arguments for "only if the object is at ``version``" or, for None,
+        "only if there is no object"."""
+        raise NotImplementedError(f"{type(self).__name__} sends no conditional requests")
+
+    def _refused(self, exc: BaseException, if_match: object | None) -> bool:
+        """Whether ``exc``, from a request sent with ``if_match``, is the store refusing the
+        request's precondition.  ``if_match`` matters where the store answers an If-Match on an
+        object that is gone with "not found" rather than 412."""
+        return False
+
+    @contextlib.contextmanager
+    def _refusals(self, if_match: object | None = None) -> Iterator[None]:
+        """Raise the store's refusal of a precondition as PreconditionFailed: each client library
+        reports one its own way, and the pending write turns it into the caller's error."""
+        try:
+            yield
+        except Exception as exc:
+            if self._refused(exc, if_match):
+                raise PreconditionFailed(str(exc)) from exc
+            raise
 
     @abstractmethod
     def put(self, data: bytes, *, exclusive: bool, if_match: object | None) -> object:
@@ -183,7 +217,8 @@ class ObjectStorePendingWrite(PendingWrite):
 
     def _start(self) -> None:
         options = self._options
-        if self._backend.creates_upload:
+        marked = self._backend.outlives_writer
+        if marked and self._backend.creates_upload:
             # Killed after the store created the upload but before the marker below named it,
             # this writer still leaves this marker: sweep() finds the upload by elimination.
             known = self._backend.known_uploads()
@@ -191,8 +226,9 @@ class ObjectStorePendingWrite(PendingWrite):
             self._marker_written = True
         upload_id = self._backend.start(exclusive=options.exclusive, if_match=options.if_match)
         self._started = True
-        self._strategy.write_marker(self._marker, self._location, upload_id, options)
-        self._marker_written = True
+        if marked:
+            self._strategy.write_marker(self._marker, self._location, upload_id, options)
+            self._marker_written = True
         self._pool = ThreadPoolExecutor(self._backend.parallel_parts, thread_name_prefix="atomicwrite-part")
 
     # --- commit and discard -------------------------------------------------------------
@@ -296,6 +332,8 @@ class ObjectStoreStrategy(Strategy):
     protocol: str = ""
     #: storage_options keys that tune the upload rather than configure the file system.
     UPLOAD_OPTIONS = ("part_size", "parallel_parts")
+    #: What the store calls the level above objects, which holds them but is not one.
+    bucket_noun = "bucket"
 
     def filesystem(self, options: WriteOptions) -> Any:
         """The fsspec file system for ``options.storage_options`` (fsspec caches instances)."""
@@ -306,6 +344,23 @@ class ObjectStoreStrategy(Strategy):
 
     def url(self, path: str) -> str:
         return f"{self.protocol}://{path}"
+
+    def split_object(self, fs: Any, location: str) -> tuple[str, str, Any]:
+        """The bucket, key and version (None unless ``location`` names one) of the object at
+        ``location``, which must not be a bucket."""
+        bucket, key, version = fs.split_path(location)
+        if not bucket or not key:
+            raise UnsupportedTargetError(f"{location!r} names a {self.bucket_noun}, not an object")
+        return bucket, key, version
+
+    def upload_tuning(self, options: WriteOptions) -> tuple[int, int]:
+        """The part size and parallelism that storage_options ask for (see ``UPLOAD_OPTIONS``),
+        else the defaults; each backend clamps them to its store's limits."""
+        storage = options.storage_options
+        return (
+            int(storage.get("part_size", ObjectStoreBackend.part_size)),
+            int(storage.get("parallel_parts", ObjectStoreBackend.parallel_parts)),
+        )
 
     @abstractmethod
     def backend(self, location: str, options: WriteOptions) -> ObjectStoreBackend:

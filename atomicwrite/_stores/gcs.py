@@ -48,15 +48,14 @@ import uuid
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
-from .._errors import AtomicWriteError, ConflictError, TargetExistsError, UnsupportedTargetError, UsageError
+from .._errors import AtomicWriteError, UsageError
 from .._strategy import WriteOptions
-from .base import MiB, ObjectStoreBackend, ObjectStoreStrategy, PreconditionFailed
+from .base import ObjectStoreBackend, ObjectStoreStrategy, PreconditionFailed
 
 __all__ = ["GCSBackend", "GCSStrategy"]
 
 #: Every chunk of a resumable session but the last is a multiple of this.
 CHUNK_QUANTUM = 256 * 1024
-DEFAULT_PART_SIZE = 8 * MiB
 CONTENT_TYPE = "application/octet-stream"
 # How often a chunk may be answered with no progress before the upload is given up.
 _MAX_STALLS = 3
@@ -100,12 +99,6 @@ class _Checksum:
         return f"{self.algorithm}={self.base64()}"
 
 
-def _is_precondition_failure(exc: BaseException) -> bool:
-    """Whether a gcsfs error is GCS refusing a conditional request (HTTP 412)."""
-    # gcsfs turns every 412 into FileExistsError, whichever precondition failed.
-    return isinstance(exc, FileExistsError) or getattr(exc, "code", None) == 412
-
-
 def _status_of(exc: BaseException) -> object:
     return getattr(exc, "code", None)
 
@@ -140,7 +133,9 @@ class GCSBackend(ObjectStoreBackend):
     #: A resumable session takes its chunks strictly in order.
     parallel_parts = 1
 
-    def __init__(self, fs: Any, bucket: str, key: str, *, location: str, part_size: int = DEFAULT_PART_SIZE) -> None:
+    def __init__(
+        self, fs: Any, bucket: str, key: str, *, location: str, part_size: int = ObjectStoreBackend.part_size
+    ) -> None:
         self._fs = fs
         self._bucket = bucket
         self._key = key
@@ -161,20 +156,15 @@ class GCSBackend(ObjectStoreBackend):
         return f"{self._endpoint}/upload/storage/v1/b/{quote(self._bucket, safe='')}/o"
 
     def _call(self, method: str, url: str, **kwargs: Any) -> tuple[int, Any, bytes]:
-        try:
+        with self._refusals():
             return _request(self._fs, method, url, **kwargs)
-        except Exception as exc:
-            if _is_precondition_failure(exc):
-                raise PreconditionFailed(f"gs://{self._bucket}/{self._key}: precondition failed") from exc
-            raise
 
-    @staticmethod
-    def _conditions(exclusive: bool, if_match: object | None) -> dict[str, str]:
-        if exclusive:
-            return {"ifGenerationMatch": "0"}
-        if if_match is not None:
-            return {"ifGenerationMatch": str(if_match)}
-        return {}
+    def _precondition(self, version: str | None) -> dict[str, Any]:
+        return {"ifGenerationMatch": "0" if version is None else version}
+
+    def _refused(self, exc: BaseException, if_match: object | None) -> bool:
+        # gcsfs turns every 412 into FileExistsError, whichever precondition failed.
+        return isinstance(exc, FileExistsError) or _status_of(exc) == 412
 
     def _published(self, contents: bytes) -> object:
         """The generation of the object a publishing request created."""
@@ -187,16 +177,6 @@ class GCSBackend(ObjectStoreBackend):
         if not generation:
             raise AtomicWriteError(f"{self._location!r}: the store published the object but sent no generation")
         return str(generation)
-
-    def _refused(self, exclusive: bool, if_match: object | None) -> AtomicWriteError:
-        """The error for a precondition that failed where the pending write cannot translate it."""
-        if exclusive:
-            return TargetExistsError.at(self._location)
-        return ConflictError(
-            f"{self._location!r} is no longer at version {if_match!r}; it was left as it is",
-            expected=if_match,
-            actual=None,
-        )
 
     def _current_generation(self) -> str | None:
         """The object's generation now, read from the store (not gcsfs's listing cache)."""
@@ -238,19 +218,15 @@ class GCSBackend(ObjectStoreBackend):
     # --- a resumable session --------------------------------------------------------------
 
     def start(self, *, exclusive: bool, if_match: object | None) -> str:
-        try:
-            _, headers, _ = self._call(
-                "POST",
-                self._upload_url,
-                json={"name": self._key},
-                headers={"X-Upload-Content-Type": CONTENT_TYPE},
-                uploadType="resumable",
-                name=self._key,
-                **self._conditions(exclusive, if_match),
-            )
-        except PreconditionFailed as exc:
-            # Raised from a write(), where the pending write passes errors on untranslated.
-            raise self._refused(exclusive, if_match) from exc
+        _, headers, _ = self._call(
+            "POST",
+            self._upload_url,
+            json={"name": self._key},
+            headers={"X-Upload-Content-Type": CONTENT_TYPE},
+            uploadType="resumable",
+            name=self._key,
+            **self._conditions(exclusive, if_match),
+        )
         location = headers.get("Location")
         if not location:
             raise AtomicWriteError(f"{self._location!r}: the store opened no upload session")
@@ -360,9 +336,7 @@ class GCSStrategy(ObjectStoreStrategy):
 
     def backend(self, location: str, options: WriteOptions) -> GCSBackend:
         fs = self.filesystem(options)
-        bucket, key, generation = fs.split_path(location)
-        if not key:
-            raise UnsupportedTargetError(f"{location!r} names a bucket, not an object")
+        bucket, key, generation = self.split_object(fs, location)
         if generation:
             raise UsageError(f"{location!r} names one generation of an object; write to the object itself")
         if options.if_match is not None and not _is_generation(options.if_match):
@@ -370,13 +344,9 @@ class GCSStrategy(ObjectStoreStrategy):
                 f"if_match={options.if_match!r}: a GCS version is an object generation (digits),"
                 " as returned in CommitResult.version"
             )
-        return GCSBackend(
-            fs,
-            bucket,
-            key,
-            location=location,
-            part_size=int(options.storage_options.get("part_size", DEFAULT_PART_SIZE)),
-        )
+        # parallel_parts does not apply: a session takes its chunks in order.
+        part_size, _ = self.upload_tuning(options)
+        return GCSBackend(fs, bucket, key, location=location, part_size=part_size)
 
     def abort_upload(self, record: dict[str, Any], options: WriteOptions) -> None:
         fs = self.filesystem(options)

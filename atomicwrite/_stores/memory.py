@@ -30,6 +30,8 @@ class MemoryBackend(ObjectStoreBackend):
     part_size = 64 * MiB
     parallel_parts = 1
     durability = "none"
+    # An in-process upload cannot outlive its writer: nothing to mark, nothing to sweep.
+    outlives_writer = False
 
     def __init__(self, fs: Any, path: str) -> None:
         self._fs = fs
@@ -75,20 +77,6 @@ class MemoryStrategy(ObjectStoreStrategy):
 
     def version(self, path: str, options: WriteOptions) -> object | None:
         return _GENERATIONS.get(path) if self.filesystem(options).exists(path) else None
-
-    def write_marker(
-        self,
-        marker: str,
-        location: str,
-        upload_id: str | None,
-        options: WriteOptions,
-        *,
-        known_uploads: list[str] | None = None,
-    ) -> None:
-        """Nothing to mark: an in-process upload cannot outlive its writer."""
-
-    def remove_marker(self, marker: str, options: WriteOptions) -> None:
-        """Nothing was marked."""
 
     def abort_upload(self, record: dict[str, Any], options: WriteOptions) -> None:
         """Never called: there are no markers to sweep."""

@@ -81,41 +81,27 @@ class S3Backend(ObjectStoreBackend):
         self._upload_id: str | None = None
         self._parts: dict[int, dict[str, Any]] = {}
 
-    def _call(self, method: str, **kwargs: Any) -> Any:
-        try:
+    def _call(self, method: str, *, if_match: object | None = None, **kwargs: Any) -> Any:
+        with self._refusals(if_match):
             return self._fs.call_s3(method, Bucket=self._bucket, Key=self._key, **kwargs)
-        except Exception as exc:
-            if _precondition_failed(exc):
-                raise PreconditionFailed(str(exc)) from exc
-            raise
 
-    @staticmethod
-    def _conditions(exclusive: bool, if_match: object | None) -> dict[str, str]:
-        if exclusive:
-            return {"IfNoneMatch": "*"}
-        if if_match is not None:
-            return {"IfMatch": str(if_match)}
-        return {}
+    def _precondition(self, version: str | None) -> dict[str, Any]:
+        return {"IfNoneMatch": "*"} if version is None else {"IfMatch": version}
+
+    def _refused(self, exc: BaseException, if_match: object | None) -> bool:
+        # An If-Match on a key that no longer exists lost a race too: S3 answers it with 404 NoSuchKey.
+        gone = if_match is not None and isinstance(exc, FileNotFoundError) and _no_such_key(exc)
+        return gone or _precondition_failed(exc)
 
     def put(self, data: bytes, *, exclusive: bool, if_match: object | None) -> object:
-        response = self._conditional(
+        response = self._call(
             "put_object",
-            if_match,
+            if_match=if_match,
             Body=_Body(data),
             ChecksumAlgorithm="SHA256",
             **self._conditions(exclusive, if_match),
         )
         return response["ETag"]
-
-    def _conditional(self, method: str, if_match: object | None, **kwargs: Any) -> Any:
-        """A call whose If-Match on a key that no longer exists is a lost race, not an error:
-        S3 answers it with 404 NoSuchKey rather than 412."""
-        try:
-            return self._call(method, **kwargs)
-        except FileNotFoundError as exc:
-            if if_match is None or not _no_such_key(exc):
-                raise
-            raise PreconditionFailed(f"s3://{self._bucket}/{self._key} no longer exists") from exc
 
     def known_uploads(self) -> list[str]:
         return pending_uploads(self._fs, self._bucket, self._key)
@@ -148,12 +134,12 @@ class S3Backend(ObjectStoreBackend):
         if if_match is not None:
             # S3 checks If-Match on the completion itself; this earlier look only turns a lost
             # race into a clear error sooner, and covers servers that ignore the header there.
-            head = self._conditional("head_object", if_match)
+            head = self._call("head_object", if_match=if_match)
             if head.get("ETag") != if_match:
                 raise PreconditionFailed(f"s3://{self._bucket}/{self._key} is at {head.get('ETag')}")
-        response = self._conditional(
+        response = self._call(
             "complete_multipart_upload",
-            if_match,
+            if_match=if_match,
             UploadId=self._upload_id,
             MultipartUpload={"Parts": parts},
             **self._conditions(exclusive, if_match),
@@ -198,16 +184,9 @@ class S3Strategy(ObjectStoreStrategy):
 
     def backend(self, location: str, options: WriteOptions) -> S3Backend:
         fs = self.filesystem(options)
-        bucket, key, _ = fs.split_path(location)
-        if not key:
-            raise UnsupportedTargetError(f"{location!r} names a bucket, not an object")
-        return S3Backend(
-            fs,
-            bucket,
-            key,
-            part_size=int(options.storage_options.get("part_size", 8 * MiB)),
-            parallel_parts=int(options.storage_options.get("parallel_parts", 4)),
-        )
+        bucket, key, _ = self.split_object(fs, location)
+        part_size, parallel_parts = self.upload_tuning(options)
+        return S3Backend(fs, bucket, key, part_size=part_size, parallel_parts=parallel_parts)
 
     def abort_upload(self, record: dict[str, Any], options: WriteOptions) -> None:
         fs = self.filesystem(options)
