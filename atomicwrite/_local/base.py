@@ -1,6 +1,6 @@
 """What the POSIX and Windows strategies share: target resolution and the symlink policy, the
 temp file's stream, the pending write's state, the lock file, the checks before a replace, and
-the sweep of a directory's temp files (the names themselves are `atomicwrite._names`')."""
+the sweep of a directory's temp files (temp names and writer liveness are in `atomicwrite._names`)."""
 
 from __future__ import annotations
 
