@@ -607,6 +607,53 @@ def test_links_the_kernel_would_follow_are_followed(workdir: Path, tmp_path: Pat
     assert link.is_symlink()
 
 
+@pytest.mark.parametrize("use", ["lock", "atomic_update"])
+def test_a_link_planted_at_the_lock_files_name_is_not_followed(workdir: Path, tmp_path: Path, use: str) -> None:
+    """The lock file is a name this library creates too: a link there must not pick the file."""
+    victim = tmp_path / "victim"
+    (workdir / ".state.lock").symlink_to(victim)
+    (workdir / "state").write_bytes(b"old")
+    with pytest.raises(atomicwrite.AtomicPermissionError, match="symlink"):
+        if use == "lock":
+            atomic_open(workdir / "state", "wb", lock=True)
+        else:
+            atomic_update(workdir / "state", lambda old: b"new")
+    assert not victim.exists()
+    assert (workdir / "state").read_bytes() == b"old"
+    assert listing(workdir) == [".state.lock", "state"]
+
+
+def test_update_without_following_does_not_read_through_a_link(workdir: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"not for the link's planter")
+    (workdir / "state").symlink_to(secret)
+    with pytest.raises(UnsupportedTargetError, match="symlink"):
+        atomic_update(workdir / "state", lambda old: old, follow_symlinks=False)
+    assert (workdir / "state").is_symlink()
+    assert secret.read_bytes() == b"not for the link's planter"
+    assert listing(workdir) == [".state.lock", "state"]
+
+
+@needs_root
+def test_strangers_link_is_refused_without_o_path_too(
+    workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where links cannot be opened (macOS), lstat, readlink and lstat again give the owner."""
+    from atomicwrite._local import posix
+
+    monkeypatch.setattr(posix, "_O_PATH", 0)
+    shared = _sticky_directory(workdir)
+    (tmp_path / "victim").write_bytes(b"old")
+    (shared / "link").symlink_to(tmp_path / "victim")
+    os.lchown(shared / "link", STRANGER, STRANGER)
+    with pytest.raises(atomicwrite.AtomicPermissionError):
+        atomic_open(shared / "link", "wb")
+    (workdir / "mine").symlink_to(tmp_path / "victim")
+    with atomic_open(workdir / "mine", "wb") as file:
+        file.write(b"new")
+    assert (tmp_path / "victim").read_bytes() == b"new"
+
+
 @pytest.mark.parametrize("suffix", ["", "/", "/."])
 def test_directory_target(workdir: Path, suffix: str) -> None:
     (workdir / "folder").mkdir()

@@ -25,6 +25,7 @@ from atomicwrite import (
     UnsupportedTargetError,
     UsageError,
     atomic_directory,
+    atomic_open,
     begin_directory,
     open_directory,
     sweep,
@@ -381,6 +382,68 @@ def test_local_create_loses_to_a_symlink_planted_before_publishing(tmp_path: Pat
         os.symlink("missing", tmp_path / "ckpt")
     assert sorted(os.listdir(tmp_path)) == ["ckpt"]
     assert not (tmp_path / "missing").exists()
+
+
+def test_local_replace_through_a_link_with_a_trailing_slash(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    os.symlink("real/", tmp_path / "link")
+    with atomic_directory(tmp_path / "link") as stage:
+        Path(stage / "a").write_bytes(b"a")
+    assert os.readlink(tmp_path / "link") == "real/"
+    assert (tmp_path / "real" / "a").read_bytes() == b"a"
+
+
+@pytest.mark.parametrize("planted", ["symlink", "file", "directory with a file"])
+def test_local_create_without_a_no_replace_rename_still_refuses_what_appeared(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, planted: str
+) -> None:
+    """Without renameat2 the create falls back to rename(2): something that appears between the
+    last look and that rename is refused by rename itself, and reported as existing."""
+    target = tmp_path / "ckpt"
+
+    def plant_then_refuse(self: PosixStrategy, dir_fd: int, source: str, destination: str) -> int:
+        if planted == "symlink":
+            os.symlink("missing", target)
+        elif planted == "file":
+            target.write_bytes(b"theirs")
+        elif not target.exists():
+            target.mkdir()
+            (target / "b").write_bytes(b"theirs")
+        return errno.ENOSYS
+
+    monkeypatch.setattr(PosixStrategy, "rename_exclusive", plant_then_refuse)
+    with pytest.raises(TargetExistsError), atomic_directory(target, replace=False) as stage:
+        Path(stage / "a").write_bytes(b"mine")
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"]
+    assert not (tmp_path / "missing").exists()
+    assert target.is_symlink() or target.is_file() or os.listdir(target) == ["b"]
+
+
+@pytest.mark.parametrize("refusal", ["EINVAL", "EOPNOTSUPP", "ENOTSUP"])
+def test_a_refused_rename_flag_falls_back_for_files_and_directories(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refusal: str, local_variant: str
+) -> None:
+    """A file system that refuses RENAME_NOREPLACE (EINVAL on Linux, ENOTSUP on macOS...): a file
+    is published with link(2) (a named temp; an O_TMPFILE is linked in any case), a directory
+    with rename(2), both still exclusive."""
+    import ctypes
+
+    from atomicwrite._local import posix
+
+    def refusing(dir_fd: int, source: bytes, dir_fd2: int, destination: bytes, flags: int) -> int:
+        ctypes.set_errno(getattr(errno, refusal))
+        return -1
+
+    monkeypatch.setattr(posix, "_renameat2", refusing)
+    assert PosixStrategy().rename_exclusive(0, "a", "b") == errno.ENOSYS
+    with atomic_open(tmp_path / "file", "xb") as file:
+        file.write(b"file")
+    with atomic_directory(tmp_path / "dir", replace=False) as stage:
+        Path(stage / "a").write_bytes(b"a")
+    assert (tmp_path / "file").read_bytes() == b"file"
+    assert (tmp_path / "dir" / "a").read_bytes() == b"a"
+    with pytest.raises(TargetExistsError):
+        atomic_open(tmp_path / "file", "xb")
 
 
 def _spawn(role: str, *args: object) -> subprocess.Popen[str]:

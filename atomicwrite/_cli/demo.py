@@ -17,8 +17,8 @@ so that a payload of more than 5 MiB takes the multipart path.  There the leftov
 pending multipart uploads plus atomicwrite's marker objects.  Without moto or s3fs that part is
 skipped, with one line that says how to install them.
 
-This module is also the writer: ``python -m atomicwrite._demo PATH METHOD PAYLOAD...`` (see
-:func:`_writer_main`).  It imports no click; only :mod:`atomicwrite._cli` does.
+This module is also the writer: ``python -m atomicwrite._cli.demo PATH METHOD PAYLOAD...`` (see
+:func:`_writer_main`).  It imports no click; only :mod:`atomicwrite._cli.main` does.
 """
 
 from __future__ import annotations
@@ -247,7 +247,8 @@ def _writer_main(argv: Sequence[str]) -> int:
     if argv[:1] == [S3_FLAG]:
         if len(argv) < 5 or argv[2] not in S3_METHODS:
             print(
-                f"usage: python -m atomicwrite._demo {S3_FLAG} URL {{{','.join(S3_METHODS)}}} OPTIONS_JSON PAYLOAD...",
+                f"usage: python -m atomicwrite._cli.demo {S3_FLAG} URL {{{','.join(S3_METHODS)}}}"
+                " OPTIONS_JSON PAYLOAD...",
                 file=sys.stderr,
             )
             return 2
@@ -256,7 +257,7 @@ def _writer_main(argv: Sequence[str]) -> int:
     path, method, durability, named, *payload_files = argv
     if method not in METHODS or not payload_files:
         print(
-            f"usage: python -m atomicwrite._demo PATH {{{','.join(METHODS)}}} DURABILITY 0|1 PAYLOAD...",
+            f"usage: python -m atomicwrite._cli.demo PATH {{{','.join(METHODS)}}} DURABILITY 0|1 PAYLOAD...",
             file=sys.stderr,
         )
         return 2

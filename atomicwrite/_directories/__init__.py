@@ -2,9 +2,11 @@
 
 Built on the single-file layers below (`atomicwrite._api`, the strategies), never the other way:
 
-- `manifest`: what a published directory holds (files, sizes, checksums) and how it is verified;
-- `transaction`: the staging directory a caller writes into and the public entry points;
+- `api`: `atomic_directory` and `begin_directory`, which choose the local or the store protocol;
+- `staging`: the staging directory a caller writes into, and the transaction both protocols share;
 - `local`: publishing by renaming a staging directory (``renameat2`` exchange where it exists);
 - `store`: publishing on an object store by a conditional manifest write over a generation prefix;
+- `manifest`: what a published directory holds (files, sizes, checksums);
+- `reading`: `open_directory` and `verify_directory`, through the manifest;
 - `generations`: `CheckpointStore`, numbered generations with an atomic ``latest`` and retention.
 """

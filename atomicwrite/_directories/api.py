@@ -71,7 +71,9 @@ def begin_directory(
 
             # A replace goes through a symlink to the directory it names (the link stays), under
             # the same rules as a file's; a create never does: the link is an existing name.
-            path = strategy.resolve(os.path.normpath(strategy.absolute(location)), follow_symlinks=replace)
+            path = strategy.resolve(
+                os.path.normpath(strategy.absolute(location)), follow_symlinks=replace, directory=True
+            )
             if os.path.basename(path) in ("", ".", ".."):
                 raise UsageError(f"{location!r} does not name a directory entry that can be replaced")
             return LocalTransaction(

@@ -226,7 +226,16 @@ class LocalTransaction(DirectoryTransaction):
                     continue  # another writer published first: replace it (or refuse) above
                 if code != errno.ENOSYS:
                     raise OSError(code, os.strerror(code), self._location)
-                os.rename(stage, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                # No no-replace rename here (an old kernel, a file system without the flag): a
+                # plain rename, which still refuses a file, a link or a non-empty directory that
+                # appeared meanwhile (then decided above, as a create or a replace); only an
+                # empty directory appearing in this instant would be replaced.
+                try:
+                    os.rename(stage, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                except OSError:
+                    if self._existing() is not None:
+                        continue
+                    raise
                 break
             code = self._strategy.exchange(dir_fd, stage, name)
             if code == errno.ENOENT:
@@ -306,7 +315,11 @@ def sweep_staging(directory: str, older_than: float, dry_run: bool, writer_alive
     ``directory``; return their paths.  ``writer_alive`` is the local strategy's own check."""
     cutoff = time.time() - older_than
     removed: list[str] = []
-    for entry in sorted(os.listdir(directory)):
+    try:
+        entries = sorted(os.listdir(directory))
+    except OSError:
+        return removed  # removed since the strategy's sweep listed it: nothing left to sweep
+    for entry in entries:
         parsed = parse_staging_name(entry)
         if parsed is None:
             continue

@@ -5,5 +5,6 @@
 - `posix`: Linux, macOS and the BSDs (``O_TMPFILE``, ``fsync``, ``rename``, ``renameat2``);
 - `windows`: Windows through ``kernel32`` (``MoveFileExW``, ``ReplaceFileW``, write-through).
 
-`atomicwrite._strategy` chooses one of them for the platform; nothing else imports them by name.
+`atomicwrite._strategy` registers one of them for plain paths on the platform, by name, and loads
+it on first use; the layers above reach what else they need through the strategy's methods.
 """

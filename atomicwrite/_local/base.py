@@ -15,6 +15,7 @@ from abc import abstractmethod
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from .._errors import (
+    AtomicPermissionError,
     AtomicWriteError,
     ConflictError,
     DurabilityError,
@@ -29,6 +30,10 @@ from .._strategy import PendingWrite, ProgressCallback, Strategy, TargetLock, Wr
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
+
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
 
 __all__ = [
     "LocalPendingWrite",
@@ -303,22 +308,23 @@ class LocalStrategy(Strategy):
         """
         return options.follow_symlinks and not options.exclusive
 
-    def resolve(self, location: str, follow_symlinks: bool) -> str:
+    def resolve(self, location: str, follow_symlinks: bool, *, directory: bool = False) -> str:
         """The path whose directory entry will be replaced.
 
         With ``follow_symlinks``, a chain of symlinks in the last component is followed (also a
         dangling one, which then gets created, as ``open()`` does), so the link survives and the
         temp file lands in the directory of the real file, on its file system.  Each link must
-        pass `vet_link` first.
+        pass `read_link`'s checks.  A ``directory`` may be named by a link ending in a separator.
         """
         path = self.absolute(location)
         if follow_symlinks:
             for _ in range(40):
-                link = self.read_link(path)
+                link = self.read_link(path, location)
                 if link is None:
                     break
-                self.vet_link(path, location)
                 path = link if os.path.isabs(link) else os.path.join(os.path.dirname(path), link)
+                if directory:
+                    path = path.rstrip(os.sep) or os.sep
             else:
                 raise os_error(OSError(errno.ELOOP, os.strerror(errno.ELOOP), path), location, "resolving symlinks")
         if os.path.basename(path) in ("", ".", ".."):
@@ -346,22 +352,27 @@ class LocalStrategy(Strategy):
             require_version(location, options.if_match, None if old is None else LocalVersion.from_stat(old))
 
     @abstractmethod
-    def read_link(self, path: str) -> str | None:
-        """Where the symlink ``path`` points, or None if ``path`` is not a symlink."""
-
-    def vet_link(self, path: str, location: str) -> None:
-        """Refuse to follow the symlink ``path`` where following it could redirect the write to a
-        place another user chose.  Nothing to refuse by default (Windows has no sticky bit)."""
-        return
+    def read_link(self, path: str, location: str) -> str | None:
+        """Where the symlink ``path`` points, or None if ``path`` is not a symlink; raises
+        AtomicPermissionError where following it could let another user choose what a write of
+        ``location`` reaches (see the symlink policy in the guarantees)."""
 
     def read(self, location: str, options: WriteOptions) -> bytes | None:
-        path = self.resolve(location, options.follow_symlinks)
+        follow = options.follow_symlinks
+        path = self.resolve(location, follow)
         try:
-            with open(path, "rb") as file:
+            # Not following means the link is not read through either: the content a link
+            # would lend is some other file's, perhaps one its planter could not read.
+            with open(os.open(path, os.O_RDONLY | (0 if follow else _O_NOFOLLOW) | _O_BINARY), "rb") as file:
                 return file.read()
         except FileNotFoundError:
             return None
-        except IsADirectoryError as exc:
+        except OSError as exc:
+            if exc.errno == errno.ELOOP and not follow:
+                raise UnsupportedTargetError(
+                    f"cannot read {location!r}: it is a symlink, and follow_symlinks=False does not read"
+                    " through it; follow it, or remove the link first"
+                ) from exc
             raise os_error(exc, location, "reading the current content") from exc
 
     def lock(self, location: str, options: WriteOptions) -> TargetLock:
@@ -369,10 +380,18 @@ class LocalStrategy(Strategy):
 
         path = self.resolve(location, self.follows_symlinks(options))
         directory, name = os.path.split(path)
+        lock_path = os.path.join(directory, lock_name(name))
         try:
-            handle = open(os.path.join(directory, lock_name(name)), "a")  # noqa: SIM115 - held until release
+            # O_NOFOLLOW: a link planted under the lock file's name (in /tmp, by anyone) must not
+            # make this writer create or lock a file of the planter's choosing.
+            fd = os.open(lock_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | _O_NOFOLLOW | _O_CLOEXEC, 0o666)
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise AtomicPermissionError(
+                    errno.EACCES, f"cannot lock {location!r}: {lock_path!r} is a symlink, not a lock file", location
+                ) from exc
             raise os_error(exc, location, "opening the lock file") from exc
+        handle = open(fd, "a")  # noqa: SIM115 - held until release
         try:
             portalocker.lock(handle, portalocker.LockFlags.EXCLUSIVE)
         except BaseException:

@@ -56,6 +56,8 @@ __all__ = ["NO_DIR_FSYNC", "NO_TMPFILE", "PosixPendingWrite", "PosixStrategy", "
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+# Opens a path without reading it (Linux): how a symlink itself is opened.
+_O_PATH = getattr(os, "O_PATH", 0)
 # errnos by which open(O_TMPFILE) says "not here": the file system lacks support (EOPNOTSUPP),
 # or the kernel predates O_TMPFILE and sees only O_DIRECTORY (EISDIR) or rejects it (EINVAL).
 NO_TMPFILE = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT})
@@ -111,7 +113,7 @@ def _rename_with_flags(dir_fd: int, source: str, destination: str, flags: int) -
     code = ctypes.get_errno() or errno.EIO
     # An old kernel (ENOSYS) or a file system without the flag (EINVAL, EOPNOTSUPP): one answer,
     # so that every caller falls back the same way.
-    return errno.ENOSYS if code in (errno.EINVAL, errno.EOPNOTSUPP) else code
+    return errno.ENOSYS if code in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP) else code
 
 
 def _lock_named_temp(fd: int) -> None:
@@ -429,34 +431,41 @@ class PosixStrategy(LocalStrategy):
             use_tmpfile = sys.platform == "linux" and os.path.isdir("/proc/self/fd")
         self.use_tmpfile = use_tmpfile
 
-    def read_link(self, path: str) -> str | None:
+    def read_link(self, path: str, location: str) -> str | None:
+        # The link is opened itself (O_PATH | O_NOFOLLOW, Linux), so that its owner and its text
+        # are read from one inode: a link swapped between two calls by path cannot pass the owner
+        # check with one inode and redirect the write with another.  Elsewhere: lstat, readlink,
+        # lstat, and the two lstats must agree.
         try:
-            return os.readlink(path)
+            if _O_PATH:
+                fd = os.open(path, _O_PATH | _O_NOFOLLOW | _O_CLOEXEC)
+                try:
+                    status = os.fstat(fd)
+                    text = os.readlink("", dir_fd=fd) if stat.S_ISLNK(status.st_mode) else None
+                finally:
+                    os.close(fd)
+            else:
+                status = os.lstat(path)
+                text = os.readlink(path) if stat.S_ISLNK(status.st_mode) else None
+                again = os.lstat(path)
+                if (again.st_dev, again.st_ino) != (status.st_dev, status.st_ino):
+                    raise AtomicWriteError(f"cannot write {location!r}: the symlink {path!r} changed while it was read")
+        except FileNotFoundError:
+            return None  # nothing there (yet): path is the target
         except OSError as exc:
-            # EINVAL: not a symlink; ENOENT: nothing there (yet). Either way, path is the target.
-            if exc.errno in (errno.EINVAL, errno.ENOENT):
-                return None
             raise os_error(exc, path, "reading the symlink") from exc
+        if text is not None:
+            self._vet_link(path, location, status)
+        return text
 
-    def rename_exclusive(self, dir_fd: int, source: str, destination: str) -> int:
-        """Rename ``source`` to ``destination`` in ``dir_fd`` only if no entry has that name (a
-        dangling symlink included), in one call: 0, or the errno (EEXIST: the name exists;
-        ENOSYS: no such call here, and the caller needs another way)."""
-        return _rename_with_flags(dir_fd, source, destination, _NOREPLACE)
-
-    def exchange(self, dir_fd: int, first: str, second: str) -> int:
-        """Swap two existing names in ``dir_fd`` in one call, so that neither is ever missing:
-        0, or the errno (ENOSYS: no such call here)."""
-        return _rename_with_flags(dir_fd, first, second, _EXCHANGE)
-
-    def vet_link(self, path: str, location: str) -> None:
+    @staticmethod
+    def _vet_link(path: str, location: str, link: os.stat_result) -> None:
         # The kernel's protected_symlinks rule, applied whatever the sysctl says (and on macOS,
         # which has no such rule): in a sticky world-writable directory (/tmp, a shared scratch
         # space) a link is followed only if the writer or the directory's owner owns it.  Anyone
         # may plant a link there; following a stranger's would let them choose which file a
         # privileged writer creates or replaces.  The kernel applies it to root too, and so do we.
         try:
-            link = os.lstat(path)
             directory = os.stat(os.path.dirname(path))
         except OSError as exc:
             raise os_error(exc, location, "checking the symlink's owner") from exc
@@ -469,6 +478,17 @@ class PosixStrategy(LocalStrategy):
                 f" written (the kernel's protected_symlinks rule); write the file it names directly",
                 location,
             )
+
+    def rename_exclusive(self, dir_fd: int, source: str, destination: str) -> int:
+        """Rename ``source`` to ``destination`` in ``dir_fd`` only if no entry has that name (a
+        dangling symlink included), in one call: 0, or the errno (EEXIST: the name exists;
+        ENOSYS: no such call here, and the caller needs another way)."""
+        return _rename_with_flags(dir_fd, source, destination, _NOREPLACE)
+
+    def exchange(self, dir_fd: int, first: str, second: str) -> int:
+        """Swap two existing names in ``dir_fd`` in one call, so that neither is ever missing:
+        0, or the errno (ENOSYS: no such call here)."""
+        return _rename_with_flags(dir_fd, first, second, _EXCHANGE)
 
     def begin(self, location: str, options: WriteOptions) -> PosixPendingWrite:
         target = location if location.startswith("/") else self.absolute(location)

@@ -573,7 +573,8 @@ class WindowsStrategy(LocalStrategy):
         except OSError:
             pass
 
-    def read_link(self, path: str) -> str | None:
+    def read_link(self, path: str, location: str) -> str | None:
+        # No sticky directories on Windows: who owns a link does not decide whether to follow it.
         # islink: only true symlinks count (a junction is a directory here, and is refused).
         if not os.path.islink(path):
             return None

@@ -406,7 +406,8 @@ class ObjectStoreStrategy(Strategy):
         if not self.filesystem(options).exists(path):
             return None
         raise UnsupportedTargetError(
-            f"replacing a published object on {self.name}:// by compare-and-swap is not supported yet"
+            f"replacing {self.url(path)!r} (a published directory's manifest, or a checkpoint pointer) needs"
+            f" its version, which is not read on {self.name}:// yet: only creating one works there"
         )
 
     def lock(self, location: str, options: WriteOptions) -> TargetLock:
