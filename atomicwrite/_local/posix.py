@@ -432,10 +432,17 @@ class PosixStrategy(LocalStrategy):
         self.use_tmpfile = use_tmpfile
 
     def read_link(self, path: str, location: str) -> str | None:
-        # The link is opened itself (O_PATH | O_NOFOLLOW, Linux), so that its owner and its text
-        # are read from one inode: a link swapped between two calls by path cannot pass the owner
-        # check with one inode and redirect the write with another.  Elsewhere: lstat, readlink,
-        # lstat, and the two lstats must agree.
+        try:
+            # Most paths are no link: one readlink says so (EINVAL), or that nothing is there.
+            os.readlink(path)
+        except OSError as exc:
+            if exc.errno in (errno.EINVAL, errno.ENOENT):
+                return None
+            raise os_error(exc, path, "reading the symlink") from exc
+        # A link: opened itself (O_PATH | O_NOFOLLOW, Linux), so that its owner and its text are
+        # read from one inode; a link swapped between two calls by path could otherwise pass the
+        # owner check with one inode and redirect the write with another.  Elsewhere: lstat,
+        # readlink, lstat, and the two lstats must agree.
         try:
             if _O_PATH:
                 fd = os.open(path, _O_PATH | _O_NOFOLLOW | _O_CLOEXEC)
@@ -451,7 +458,7 @@ class PosixStrategy(LocalStrategy):
                 if (again.st_dev, again.st_ino) != (status.st_dev, status.st_ino):
                     raise AtomicWriteError(f"cannot write {location!r}: the symlink {path!r} changed while it was read")
         except FileNotFoundError:
-            return None  # nothing there (yet): path is the target
+            return None  # removed meanwhile: nothing there (yet), so path is the target
         except OSError as exc:
             raise os_error(exc, path, "reading the symlink") from exc
         if text is not None:
