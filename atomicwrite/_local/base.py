@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
+# How open(O_NOFOLLOW) refuses a symlink: ELOOP (Linux, macOS), EMLINK (FreeBSD, NetBSD).
+_IS_A_LINK = frozenset({errno.ELOOP, errno.EMLINK})
 
 __all__ = [
     "LocalPendingWrite",
@@ -368,7 +370,7 @@ class LocalStrategy(Strategy):
         except FileNotFoundError:
             return None
         except OSError as exc:
-            if exc.errno == errno.ELOOP and not follow:
+            if exc.errno in _IS_A_LINK and not follow:
                 raise UnsupportedTargetError(
                     f"cannot read {location!r}: it is a symlink, and follow_symlinks=False does not read"
                     " through it; follow it, or remove the link first"
@@ -386,7 +388,7 @@ class LocalStrategy(Strategy):
             # make this writer create or lock a file of the planter's choosing.
             fd = os.open(lock_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | _O_NOFOLLOW | _O_CLOEXEC, 0o666)
         except OSError as exc:
-            if exc.errno == errno.ELOOP:
+            if exc.errno in _IS_A_LINK:
                 raise AtomicPermissionError(
                     errno.EACCES, f"cannot lock {location!r}: {lock_path!r} is a symlink, not a lock file", location
                 ) from exc
