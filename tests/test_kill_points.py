@@ -494,18 +494,16 @@ def _sweep(directories: list[Path]) -> dict[str, list[str]]:
     return removed
 
 
-@pytest.mark.parametrize("protocol", list(PROTOCOLS))
-def test_kill_at_every_call(tmp_path: Path, local_variant: str, protocol: str) -> None:
-    _strace()
-    written, real, user_files = PROTOCOLS[protocol]
+def _untouched_run(tmp_path: Path, protocol: str) -> tuple[Path, dict[str, Any], Path, Path, dict[str, Any]]:
+    """The protocol's starting directory (the template) and a traced, untouched run of its
+    writer: ``(template, old state, the run's directory, its strace log, new state)``.  The log
+    lists the kill points; the run's outcome is the "new" state."""
     template = tmp_path / "template"
     template.mkdir()
     done = _run_writer("setup", {"protocol": protocol, "work": str(template)})
     assert done.returncode == 0, done.stderr
     old = _snapshot(template)
     assert not any(_is_temp(relative) for relative in old), old
-
-    # The untouched run: its trace lists the kill points; its outcome is the "new" state.
     clean = tmp_path / "runs" / "clean"
     clean.mkdir(parents=True)
     _copy(template, clean)
@@ -519,6 +517,42 @@ def test_kill_at_every_call(tmp_path: Path, local_variant: str, protocol: str) -
     assert traced.returncode == 0, traced.stderr
     new = _snapshot(clean / "work")
     assert not any(_is_temp(relative) for relative in new), new
+    return template, old, clean, log, new
+
+
+def _kill_at_each(
+    points: list[KillPoint], template: Path, tmp_path: Path, protocol: str, clean: Path
+) -> list[Aftermath]:
+    """Every kill point, a few writers at a time, each in its own copy of the template."""
+    runs = []
+    for number, point in enumerate(points):
+        run = tmp_path / "runs" / f"{number:03d}"
+        run.mkdir()
+        runs.append((point, run))
+    with ThreadPoolExecutor(PARALLEL) as pool:
+        return list(pool.map(lambda job: _kill(job[0], template, job[1], protocol, clean), runs))
+
+
+def _calls(points: list[KillPoint]) -> str:
+    """How many kill points each system call gave, for the end-of-run summary."""
+    return " ".join(f"{name}x{count}" for name, count in sorted(Counter(p.name for p in points).items()))
+
+
+def _failures(aftermaths: list[Aftermath], clean: Path) -> list[str]:
+    """Every kill point that found a problem, one line each."""
+    return [
+        f"killed at {after.point.name} #{after.point.when} "
+        f"({_short(_normalized(after.point.call, clean))}): " + "; ".join(after.problems)
+        for after in aftermaths
+        if after.problems
+    ]
+
+
+@pytest.mark.parametrize("protocol", list(PROTOCOLS))
+def test_kill_at_every_call(tmp_path: Path, local_variant: str, protocol: str) -> None:
+    _strace()
+    written, real, user_files = PROTOCOLS[protocol]
+    template, old, clean, log, new = _untouched_run(tmp_path, protocol)
     assert real in new, new
     assert new[real] != old.get(real), "the untouched run did not change the target"
     content = new[real][1]
@@ -529,14 +563,7 @@ def test_kill_at_every_call(tmp_path: Path, local_variant: str, protocol: str) -
     points = _kill_points(_parse(log.read_text()), os.path.basename(real))
     assert len(points) >= MIN_KILL_POINTS, [f"{p.name}#{p.when}" for p in points]
 
-    # Every kill point, a few writers at a time, each in its own copy of the template.
-    runs = []
-    for number, point in enumerate(points):
-        run = tmp_path / "runs" / f"{number:03d}"
-        run.mkdir()
-        runs.append((point, run))
-    with ThreadPoolExecutor(PARALLEL) as pool:
-        aftermaths = list(pool.map(lambda job: _kill(job[0], template, job[1], protocol, clean), runs))
+    aftermaths = _kill_at_each(points, template, tmp_path, protocol, clean)
     kept = [_check_kill(after, protocol, old, new, real) for after in aftermaths]
 
     # A fresh process sweeps: exactly the temps go, and the user sees only their own files.
@@ -561,16 +588,10 @@ def test_kill_at_every_call(tmp_path: Path, local_variant: str, protocol: str) -
     ]
     TERMINAL_SUMMARY.setdefault("kill points tried (SIGKILL on entering each call)", []).append(
         f"{protocol:17} {local_variant:10} {len(points):3} kill points"
-        f" ({outcomes['old']} old, {outcomes['new']} new): "
-        + " ".join(f"{name}x{count}" for name, count in sorted(Counter(p.name for p in points).items()))
+        f" ({outcomes['old']} old, {outcomes['new']} new): {_calls(points)}"
         + (f"; {len(misses)} missed and retried: " + " | ".join(misses) if misses else "")
     )
-    failures = [
-        f"killed at {after.point.name} #{after.point.when} "
-        f"({_short(_normalized(after.point.call, clean))}): " + "; ".join(after.problems)
-        for after in aftermaths
-        if after.problems
-    ]
+    failures = _failures(aftermaths, clean)
     assert not failures, f"{len(failures)} of {len(points)} kill points failed:\n" + "\n".join(failures)
     assert outcomes["old"], outcomes
     assert outcomes["new"], outcomes
@@ -581,36 +602,15 @@ def test_kill_exclusive_create_over_a_symlink(tmp_path: Path, local_variant: str
     dies in, no file ever appears where a link points, the links stay, and a sweep leaves only them."""
     _strace()
     protocol = "create-over-link"
-    template = tmp_path / "template"
-    template.mkdir()
-    done = _run_writer("setup", {"protocol": protocol, "work": str(template)})
-    assert done.returncode == 0, done.stderr
-    old = _snapshot(template)
+    template, old, clean, log, new = _untouched_run(tmp_path, protocol)
     assert sorted(old) == ["elsewhere", "target.bin"]
     assert old["target.bin"][:3] == ("link", "elsewhere/target.bin", 0)
-
-    clean = tmp_path / "runs" / "clean"
-    clean.mkdir(parents=True)
-    _copy(template, clean)
-    log = clean / "strace.log"
-    traced = _run_writer(
-        "write", _spec(protocol, clean), ["-s", "512", "-o", str(log), "-e", f"trace={_optional(KILLABLE + MARKERS)}"]
-    )
-    _skip_if_untraceable(traced)
-    assert traced.returncode == 0, traced.stderr
-    new = _snapshot(clean / "work")
     assert new == {**old, "late.bin": ("link", "elsewhere/late.bin", 0, *old["target.bin"][3:])}, new
     points = _kill_points(_parse(log.read_text()), "late.bin", publishes=False)
     assert len(points) >= MIN_KILL_POINTS, [f"{p.name}#{p.when}" for p in points]
     assert any(p.name in PUBLISHING for p in points), "the refused publishing call is a kill point too"
 
-    runs = []
-    for number, point in enumerate(points):
-        run = tmp_path / "runs" / f"{number:03d}"
-        run.mkdir()
-        runs.append((point, run))
-    with ThreadPoolExecutor(PARALLEL) as pool:
-        aftermaths = list(pool.map(lambda job: _kill(job[0], template, job[1], protocol, clean), runs))
+    aftermaths = _kill_at_each(points, template, tmp_path, protocol, clean)
     kept_before_sweep = []
     for after in aftermaths:
         now = _snapshot(after.run / "work")
@@ -631,13 +631,7 @@ def test_kill_exclusive_create_over_a_symlink(tmp_path: Path, local_variant: str
             after.problems.append("the sweep touched something that is not a temp")
 
     TERMINAL_SUMMARY.setdefault("kill points tried (SIGKILL on entering each call)", []).append(
-        f"{protocol:17} {local_variant:10} {len(points):3} kill points (none may publish): "
-        + " ".join(f"{name}x{count}" for name, count in sorted(Counter(p.name for p in points).items()))
+        f"{protocol:17} {local_variant:10} {len(points):3} kill points (none may publish): {_calls(points)}"
     )
-    failures = [
-        f"killed at {after.point.name} #{after.point.when} "
-        f"({_short(_normalized(after.point.call, clean))}): " + "; ".join(after.problems)
-        for after in aftermaths
-        if after.problems
-    ]
+    failures = _failures(aftermaths, clean)
     assert not failures, f"{len(failures)} of {len(points)} kill points failed:\n" + "\n".join(failures)
