@@ -93,7 +93,7 @@ def _unhex(text: str) -> bytes:
     return bytes.fromhex(text.replace("\\x", ""))
 
 
-def _string(arg: str) -> bytes:
+def string_argument(arg: str) -> bytes:
     match = _STRING.match(arg)
     if match is None:
         raise Unmodeled(f"not a hex string argument: {arg!r}")
@@ -102,7 +102,7 @@ def _string(arg: str) -> bytes:
     return _unhex(match[1])
 
 
-def _flags(arg: str) -> set[str]:
+def flag_names(arg: str) -> set[str]:
     return set(arg.split("|"))
 
 
@@ -114,7 +114,7 @@ def _written(call: Call) -> bytes:
             raise Unmodeled("strace cut an iovec short (raise -s)")
         data = b"".join(_unhex(piece) for piece, _ in pieces)
     else:
-        data = _string(call.args[1])
+        data = string_argument(call.args[1])
     return data[: int(call.result)]
 
 

@@ -31,10 +31,10 @@ from tests.crashsim.recorder import (
     Truncate,
     Unmodeled,
     Write,
-    _flags,
-    _string,
     describe_shared,
+    flag_names,
     run_writer,
+    string_argument,
 )
 from tests.test_syscalls import Call
 
@@ -158,7 +158,7 @@ class _Recorder(Recorder):
 
     def path(self, pid: int, dirfd: str | None, arg: str) -> str:
         """An absolute, normalized path for a path argument (relative to ``dirfd``, or the cwd)."""
-        path = os.fsdecode(_string(arg))
+        path = os.fsdecode(string_argument(arg))
         if not os.path.isabs(path):
             if dirfd is None:
                 raise Unmodeled(f"relative path without a directory descriptor: {path!r}")
@@ -204,7 +204,7 @@ class _Recorder(Recorder):
                 return
             if not ok:
                 return
-            flags = _flags(rest[1]) if name != "creat" else {"O_CREAT", "O_WRONLY", "O_TRUNC"}
+            flags = flag_names(rest[1]) if name != "creat" else {"O_CREAT", "O_WRONLY", "O_TRUNC"}
             mode = int(rest[-1], 8) if rest[-1].startswith("0") and len(rest) > 1 else 0
             self.bind(pid, call.result, self.open(path, flags, mode, call))
         elif name == "lseek":
@@ -260,7 +260,7 @@ class _Recorder(Recorder):
                 src_path, dst_path, flags = self.path(pid, None, args[0]), self.path(pid, None, args[1]), set()
                 src_fd: str | None = None
             else:
-                src_fd, flags = args[0], _flags(args[4])
+                src_fd, flags = args[0], flag_names(args[4])
                 dst_path = self.path(pid, args[2], args[3])
                 src_path = "" if args[1] == '""' else self.path(pid, args[0], args[1])
             new = self.name(dst_path)

@@ -46,10 +46,10 @@ from tests.crashsim.recorder import (
     Truncate,
     Unmodeled,
     Write,
-    _flags,
-    _string,
     describe_shared,
+    flag_names,
     run_writer,
+    string_argument,
 )
 from tests.crashsim.replay import Counts, after, replayed
 from tests.test_syscalls import Call
@@ -169,7 +169,7 @@ class _TreeRecorder(Recorder):
 
     def locate(self, pid: int, dirfd: str, arg: str) -> tuple[int, str] | None:
         """``(parent directory inode, name)`` of a path argument, or None outside the tree."""
-        path = os.fsdecode(_string(arg))
+        path = os.fsdecode(string_argument(arg))
         if not os.path.isabs(path):
             description, base = self.fd(pid, dirfd)
             if description is not None:
@@ -206,14 +206,14 @@ class _TreeRecorder(Recorder):
         ok = not call.result.startswith("-")
         if name in ("openat", "open", "creat"):
             dirfd, rest = (args[0], args[1:]) if name == "openat" else ("AT_FDCWD", args)
-            raw = os.fsdecode(_string(rest[0]))
+            raw = os.fsdecode(string_argument(rest[0]))
             for marker in (writers.BEGIN, writers.PUBLISHED, writers.RETURNED):
                 if raw == os.path.join(self.markers, marker):
                     self.recording.marks[marker] = len(self.recording.ops)
                     return
             if not ok:
                 return
-            flags = _flags(rest[1]) if name != "creat" else {"O_CREAT", "O_WRONLY", "O_TRUNC"}
+            flags = flag_names(rest[1]) if name != "creat" else {"O_CREAT", "O_WRONLY", "O_TRUNC"}
             if os.path.normpath(os.path.join(str(ROOT), raw)) == self.directory:
                 self.bind(pid, call.result, Description(ROOT_INO, directory=True))
                 return
@@ -254,7 +254,7 @@ class _TreeRecorder(Recorder):
                 self.children[ino] = {}
                 self.emit(MakeDir(parent, entry, ino))
         elif name in ("symlink", "symlinkat"):
-            points_to = os.fsdecode(_string(args[0]))
+            points_to = os.fsdecode(string_argument(args[0]))
             dirfd, path_arg = (args[1], args[2]) if name == "symlinkat" else ("AT_FDCWD", args[1])
             where = self.locate(pid, dirfd, path_arg)
             if where is not None and ok:
