@@ -14,6 +14,10 @@ TORCH = "torch==2.13.0"
 # lightning also installs the standalone pytorch_lightning / lightning_fabric: both are tested.
 LIGHTNING = "lightning>=2.6,<2.7"
 # mkdocstrings-python 1.19 is the first to order the reference by __all__.
+# The libraries users already save with, driven for real by the integration tests: pandas,
+# pyarrow and zarr through the atomic:: fsspec protocol, transformers and accelerate through
+# atomicwrite.transformers.  Pinned so that a new release cannot turn CI red overnight.
+INTEGRATIONS = ["pandas==3.1.1", "pyarrow==26.0.1", "zarr==3.1.6", "transformers==5.25.0", "accelerate==1.16.0"]
 DOCS_REQUIREMENTS = ["mkdocs==1.6.1", "mkdocs-material>=9.5", "mkdocstrings>=1.0", "mkdocstrings-python>=1.19"]
 
 
@@ -22,7 +26,7 @@ def tests(session: nox.Session) -> None:
     """The whole test suite.  `nox -s tests -- -m "not slow"` skips the long multi-process tests."""
     # The pinned CPU build first: a bare or newer torch pulls a multi-GB CUDA build.
     session.install(TORCH)
-    session.install("-e", ".[dev]", "numpy", "safetensors", LIGHTNING)
+    session.install("-e", ".[dev]", "numpy", "safetensors", LIGHTNING, *INTEGRATIONS)
     session.run("pytest", *(session.posargs or ["-q"]))
 
 
