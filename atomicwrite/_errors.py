@@ -18,11 +18,13 @@ __all__ = [
     "AtomicOSError",
     "AtomicPermissionError",
     "AtomicWriteError",
+    "CommitCallbackError",
     "ConflictError",
     "CrossDeviceError",
     "DistributedAbortError",
     "DurabilityError",
     "NoSpaceError",
+    "OverlayDirectoryError",
     "SerializerNotFoundError",
     "TargetExistsError",
     "TargetIsADirectoryError",
@@ -74,6 +76,18 @@ class DurabilityError(AtomicWriteError):
         self.result = result
 
 
+class CommitCallbackError(AtomicWriteError):
+    """A write committed, then its ``on_commit`` callback raised (that exception is ``__cause__``).
+
+    The new content *is* in place, with the durability ``result`` reports: this is not a failed
+    write, and nothing was rolled back.
+    """
+
+    def __init__(self, message: str, *, result: CommitResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
 class DistributedAbortError(AtomicWriteError):
     """Another rank failed during a multi-rank save (``atomicwrite.distributed``), so nothing
     was published.  The rank that failed raises its own error; the others raise this one."""
@@ -112,6 +126,14 @@ class CrossDeviceError(AtomicOSError):
     """The temporary file and the target are on different file systems.
 
     atomicwrite never falls back to a copy across file systems: a copy is not atomic.
+    """
+
+
+class OverlayDirectoryError(CrossDeviceError):
+    """The directory to replace comes from a lower layer of an overlayfs mount (a container
+    image's layer, for instance), and overlayfs renames such a directory only when mounted with
+    ``redirect_dir=on``.  Raised by [`atomic_directory`][atomicwrite.atomic_directory] before
+    anything is written: the old directory is untouched.
     """
 
 

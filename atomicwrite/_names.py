@@ -41,7 +41,7 @@ _TEMP_NAME = re.compile(
 )
 
 _STAGING_NAME = re.compile(
-    r"^\.(?P<name>.+)\.aw(?P<host>[0-9a-f]{8})\.(?P<pid>[0-9]{1,10})\.(?P<rand>[0-9a-f]{8})\.(?P<kind>stage|link)$",
+    r"^\.(?P<name>.+)\.aw(?P<host>[0-9a-f]{8})\.(?P<pid>[0-9]{1,10})\.(?P<rand>[0-9a-f]{8})\.(?P<kind>stage|trash|link)$",
     re.DOTALL,
 )
 
@@ -82,8 +82,9 @@ def temp_name(name: str, suffix: str = _SUFFIX) -> str:
     """A fresh temp name for a write to ``name``, at most NAME_MAX bytes long.
 
     ``suffix`` is ``.tmp`` for a temp file, ``.stage`` for an atomic_directory's staging
-    directory and ``.link`` for a symlink about to replace another: sweep() removes only a
-    regular file as a ``.tmp``, only a directory as a ``.stage``, only a symlink as a ``.link``.
+    directory, ``.trash`` for a directory renamed out of sight to be removed and ``.link`` for a
+    symlink about to replace another: sweep() removes only a regular file as a ``.tmp``, only a
+    directory as a ``.stage`` or a ``.trash``, only a symlink as a ``.link``.
     """
     global _process_tag
     if _process_tag is None:
@@ -103,8 +104,8 @@ def parse_temp_name(entry: str) -> tuple[str, int] | None:
 
 
 def parse_staging_name(entry: str) -> tuple[str, int, str] | None:
-    """``(host_tag, pid, kind)`` if ``entry`` names a staging directory (kind ``"stage"``) or a
-    pointer's temp symlink (``"link"``), else None."""
+    """``(host_tag, pid, kind)`` if ``entry`` names a staging directory (kind ``"stage"``), a
+    directory being removed (``"trash"``) or a pointer's temp symlink (``"link"``), else None."""
     match = _STAGING_NAME.match(entry)
     if match is None:
         return None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ._errors import UsageError
 from ._strategy import WriteOptions, resolve_target
@@ -68,7 +68,9 @@ def sweep(
         fs = strategy.filesystem(options)
         removed += sweep_generations(fs, fs._strip_protocol(path), seconds, dry_run, strategy.url)
     elif isinstance(strategy, LocalStrategy) and sys.platform != "win32":
-        from ._directories.local import sweep_staging
+        from ._directories.local import DirectoryRenames, sweep_staging
 
-        removed += sweep_staging(strategy.sweep_directory(path), seconds, dry_run, strategy.writer_alive)
+        removed += sweep_staging(
+            strategy.sweep_directory(path), seconds, dry_run, strategy.writer_alive, cast("DirectoryRenames", strategy)
+        )
     return removed

@@ -156,8 +156,15 @@ def _read_local(target: str) -> int:
                 fd = os.open(name, os.O_RDONLY, dir_fd=dir_fd)
             except FileNotFoundError as exc:
                 raise _Vanished from exc
-            with open(fd, "rb") as file:
-                return file.read()
+            try:
+                with open(fd, "rb") as file:
+                    return file.read()
+            except OSError as exc:
+                # A network or FUSE file system answers ESTALE where a local one keeps serving
+                # an open file that was removed: the version being read is gone, not torn.
+                if exc.errno == errno.ESTALE:
+                    raise _Vanished from exc
+                raise
 
         try:
             manifest = DirectoryManifest.from_json(read(MANIFEST_NAME))

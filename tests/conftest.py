@@ -39,6 +39,20 @@ def workdir(tmp_path: Path, local_variant: str) -> Path:
     return directory
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``filesystems`` mount file systems as root: they run only where the marker
+    expression names them (``nox -s filesystems`` runs ``-m filesystems``), never in a plain run."""
+    if "filesystems" in (config.getoption("markexpr") or ""):
+        return
+    kept: list[pytest.Item] = []
+    mounting: list[pytest.Item] = []
+    for item in items:
+        (mounting if item.get_closest_marker("filesystems") else kept).append(item)
+    if mounting:
+        config.hook.pytest_deselected(items=mounting)
+        items[:] = kept
+
+
 def listing(directory: Path) -> list[str]:
     """Every entry of ``directory``, hidden ones included, sorted."""
     return sorted(os.listdir(directory))

@@ -891,3 +891,101 @@ def test_flush_falls_back_to_fsync_where_full_flush_is_refused(monkeypatch: pyte
     flush_to_disk(0)
     monkeypatch.undo()
     assert calls == ["fcntl", "fsync"]
+
+
+_KILLED_BETWEEN_RENAMES = """
+import errno, os, signal, sys
+from pathlib import Path
+from atomicwrite import atomic_directory
+from atomicwrite._local.posix import PosixStrategy
+
+PosixStrategy.exchange = lambda self, dir_fd, first, second: errno.ENOSYS
+rename = os.rename
+
+def rename_then_die(source, destination, **kwargs):
+    rename(source, destination, **kwargs)
+    if source == "ckpt":  # the old directory was just parked
+        os.kill(os.getpid(), signal.SIGKILL)
+
+os.rename = rename_then_die
+with atomic_directory(sys.argv[1]) as stage:
+    (Path(stage) / "v").write_bytes(b"new")
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="local atomic_directory is POSIX-only")
+def test_sweep_finishes_a_replace_killed_between_its_two_renames(tmp_path: Path) -> None:
+    """Without RENAME_EXCHANGE a replace parks the old directory, then renames the new one in; a
+    writer killed in between leaves no target, only two staging directories of a dead writer.
+    sweep moves the complete new one into place rather than removing both."""
+    target = tmp_path / "ckpt"
+    with atomic_directory(target) as stage:
+        Path(stage / "v").write_bytes(b"old")
+    killed = subprocess.run([sys.executable, "-c", _KILLED_BETWEEN_RENAMES, str(target)], check=False)
+    assert killed.returncode == -signal.SIGKILL
+    assert not target.exists()
+    assert len(os.listdir(tmp_path)) == 2
+    sweep(tmp_path, older_than=0)
+    assert os.listdir(tmp_path) == ["ckpt"]
+    assert (target / "v").read_bytes() == b"new"
+    assert verify_directory(target).ok
+
+
+_KILLED_WHILE_REMOVING = """
+import os, signal, sys
+from atomicwrite._directories.local import remove_tree
+
+rename = os.rename
+
+def rename_then_die(source, destination, **kwargs):
+    rename(source, destination, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)  # out of sight, not yet deleted
+
+os.rename = rename_then_die
+parent = sys.argv[1]
+remove_tree(parent, os.open(parent, os.O_RDONLY), "ckpt")
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="local atomic_directory is POSIX-only")
+def test_sweep_never_brings_back_a_directory_being_removed(tmp_path: Path) -> None:
+    """A removal (rotation, prune) renames the directory out of sight, then deletes it.  Killed
+    in between, it leaves a complete, verifying directory of a dead writer where the target is
+    absent, just like a replace killed between its renames: sweep must delete it, not publish it."""
+    target = tmp_path / "ckpt"
+    with atomic_directory(target) as stage:
+        Path(stage / "v").write_bytes(b"removed")
+    killed = subprocess.run([sys.executable, "-c", _KILLED_WHILE_REMOVING, str(tmp_path)], check=False)
+    assert killed.returncode == -signal.SIGKILL
+    [left] = os.listdir(tmp_path)
+    assert parse_staging_name(left) is not None
+    assert verify_directory(tmp_path / left).ok
+    sweep(tmp_path, older_than=0)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="local atomic_directory is POSIX-only")
+def test_finishing_an_interrupted_replace_never_replaces_what_appeared_at_the_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An empty directory made at the name while sweep checks the staged one is the user's: a
+    plain rename would replace it with the staged one, so the finishing rename must be a
+    no-replace one."""
+    import atomicwrite._directories.local as local_directories
+
+    target = tmp_path / "ckpt"
+    with atomic_directory(target) as stage:
+        Path(stage / "v").write_bytes(b"old")
+    killed = subprocess.run([sys.executable, "-c", _KILLED_BETWEEN_RENAMES, str(target)], check=False)
+    assert killed.returncode == -signal.SIGKILL
+    verify = local_directories.verify_directory
+
+    def verify_then_race(path: str, **kwargs: Any) -> Any:
+        verification = verify(path, **kwargs)
+        target.mkdir(exist_ok=True)  # the user's directory, after sweep saw the name absent
+        return verification
+
+    monkeypatch.setattr(local_directories, "verify_directory", verify_then_race)
+    sweep(tmp_path, older_than=0)
+    assert os.listdir(target) == []
+    assert os.listdir(tmp_path) == ["ckpt"]

@@ -15,16 +15,17 @@ import shutil
 import stat
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Protocol
 
 from .._errors import (
     AtomicWriteError,
+    OverlayDirectoryError,
     TargetExistsError,
     UnsupportedTargetError,
     os_error,
 )
-from .._local.base import flush_to_disk
+from .._local.base import filesystem_type, flush_to_disk, statfs_magic
 from .._names import FRESH_TEMP_GRACE, leftover_status, parse_staging_name, temp_name
 from .manifest import (
     MANIFEST_NAME,
@@ -35,9 +36,18 @@ from .manifest import (
     merge_reported,
     new_generation,
 )
+from .reading import verify_directory
 from .staging import DirectoryTransaction, StagingDirectory
 
-__all__ = ["DirectoryRenames", "LocalTransaction", "remove_stale_staging", "remove_tree", "sweep_staging"]
+__all__ = [
+    "DirectoryRenames",
+    "LocalTransaction",
+    "directory_can_move",
+    "on_overlay",
+    "remove_stale_staging",
+    "remove_tree",
+    "sweep_staging",
+]
 
 WriterAlive = Callable[[str, int], "bool | None"]
 
@@ -54,6 +64,12 @@ class DirectoryRenames(Protocol):
 _O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+# statfs(2)'s f_type of an overlay mount (linux/magic.h).
+OVERLAYFS_SUPER_MAGIC = 0x794C7630
+# ...and of a FUSE mount (sshfs, gcsfuse, s3fs, JuiceFS...).
+FUSE_SUPER_MAGIC = 0x65735546
+# errnos by which a FUSE server refuses to rename a non-empty directory.
+NO_DIRECTORY_RENAME = frozenset({errno.EXDEV, errno.ENOSYS, errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP})
 
 
 class LocalTransaction(DirectoryTransaction):
@@ -77,7 +93,12 @@ class LocalTransaction(DirectoryTransaction):
         self._stage_fd: int | None = None
         self._stage_name: str | None = None
         try:
-            self._check_target(self._existing())
+            old = self._existing()
+            self._check_target(old)
+            if old is not None and stat.S_ISDIR(old.st_mode) and on_overlay(self._dir_fd):
+                self._refuse_unmovable()
+            elif _on_fuse(self._dir_fd):
+                self._refuse_without_directory_rename()
             while True:
                 candidate = temp_name(self._name, ".stage")
                 try:
@@ -112,6 +133,55 @@ class LocalTransaction(DirectoryTransaction):
         if not stat.S_ISDIR(old.st_mode):
             raise UnsupportedTargetError(f"cannot publish a directory at {self._location!r}: a file is there")
 
+    def _refuse_unmovable(self) -> None:
+        """Raise `OverlayDirectoryError` if overlayfs cannot rename the existing directory (it
+        comes from a lower layer and the mount lacks ``redirect_dir=on``): publishing would fail
+        with EXDEV after the caller wrote everything."""
+        assert self._dir_fd is not None
+        try:
+            movable = directory_can_move(self._parent, self._dir_fd, self._name)
+        except OSError as exc:
+            raise os_error(exc, self._location, "checking that overlayfs can rename the directory") from exc
+        if not movable:
+            raise self._unmovable()
+
+    def _unmovable(self) -> OverlayDirectoryError:
+        return OverlayDirectoryError(
+            errno.EXDEV,
+            f"cannot replace {self._location!r}: the directory comes from a lower layer of an overlayfs mount"
+            " (a container image, for instance), and overlayfs renames such a directory only when mounted with"
+            " redirect_dir=on; nothing was written. Put checkpoints on a volume or bind mount"
+            " (docker run -v HOST_DIR:DIR), or mount the overlay with redirect_dir=on",
+            self._location,
+        )
+
+    def _refuse_without_directory_rename(self) -> None:
+        """Raise `UnsupportedTargetError` if this FUSE file system cannot rename a non-empty
+        directory (gcsfuse and s3 mounts without it, some sshfs servers): publishing renames the
+        staging directory, and would fail after the caller wrote everything.
+
+        The probe renames a fresh directory holding one entry to another fresh name; where that
+        works, publishing does too.
+        """
+        assert self._dir_fd is not None
+        dir_fd = self._dir_fd
+        moved = temp_name(self._name, ".stage")
+        with _occupied_probe(self._parent, dir_fd, self._name) as probe:
+            try:
+                os.rename(probe, moved, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            except OSError as exc:
+                if exc.errno not in NO_DIRECTORY_RENAME:
+                    raise os_error(exc, self._location, "checking that the file system can rename a directory") from exc
+                kind = filesystem_type(self._parent) or "FUSE"
+                raise UnsupportedTargetError(
+                    f"cannot publish a directory at {self._location!r}: its file system ({kind}) cannot"
+                    f" rename a non-empty directory ({errno.errorcode.get(exc.errno or 0, exc.errno)}), and"
+                    " publishing is that rename; nothing was written. Write checkpoints to a local disk or"
+                    " a mount that renames directories, or to the object store directly"
+                    " (s3://, gs://, az://), where a manifest publishes them"
+                ) from exc
+            remove_tree(self._parent, dir_fd, moved)
+
     def _sync(self, fd: int) -> None:
         if self._durable:
             flush_to_disk(fd)
@@ -141,7 +211,17 @@ class LocalTransaction(DirectoryTransaction):
                         " manifest lists regular files only"
                     )
 
-        visit(self._stage_fd, "")
+        # Listed through a descriptor opened now: btrfs lists only the entries a directory had
+        # when its descriptor was opened (it keeps the last index from then), and the staging
+        # directory's own descriptor was opened while it was empty.  By name, as the publishing
+        # rename finds it.
+        assert self._dir_fd is not None
+        assert self._stage_name is not None
+        top = os.open(self._stage_name, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC, dir_fd=self._dir_fd)
+        try:
+            visit(top, "")
+        finally:
+            os.close(top)
         return found
 
     def _open_staged(self, name: str) -> int:
@@ -188,7 +268,9 @@ class LocalTransaction(DirectoryTransaction):
                 finally:
                     os.close(fd)
             files.append(entry)
-        manifest = DirectoryManifest(generation=new_generation(), files=tuple(files), created=time.time())
+        manifest = DirectoryManifest(
+            generation=new_generation(), files=tuple(files), created=time.time(), metadata=dict(self.metadata)
+        )
         fd = os.open(
             MANIFEST_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC, 0o666, dir_fd=self._stage_fd
         )
@@ -244,6 +326,9 @@ class LocalTransaction(DirectoryTransaction):
                 # The old directory now sits under the staging name.
                 self._finish(stage)
                 return True
+            if code == errno.EXDEV and on_overlay(dir_fd):
+                # A lower-layer directory that appeared after the probe: refused all the same.
+                raise self._unmovable()
             if code != errno.ENOSYS:
                 raise OSError(code, os.strerror(code), self._location)
             # No exchange here: park the old one under a temp name, then move the new one in.
@@ -289,11 +374,59 @@ class LocalTransaction(DirectoryTransaction):
 def remove_tree(parent: str, dir_fd: int, name: str) -> None:
     """Remove a directory tree, out of sight first: renamed to a fresh temp name, so no reader
     ever finds a half-removed directory under a name it trusts."""
-    hidden = name if parse_staging_name(name) else temp_name(name, ".stage")
+    # Trash, not a staging name: a sweep may publish a dead writer's complete staging
+    # directory (see _finish_interrupted_replaces), and must never bring back a removed one.
+    hidden = name if parse_staging_name(name) else temp_name(name, ".trash")
     with contextlib.suppress(OSError):
         if hidden != name:
             os.rename(name, hidden, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         shutil.rmtree(os.path.join(parent, hidden))
+
+
+def directory_can_move(parent: str, dir_fd: int, name: str) -> bool:
+    """Whether the directory ``name`` in ``dir_fd`` (the directory ``parent``) can be renamed;
+    False where overlayfs refuses with EXDEV (a lower-layer directory without ``redirect_dir=on``).
+
+    The probe renames the directory over a fresh non-empty one: overlayfs answers EXDEV for an
+    unmovable directory before it changes anything, and the file system beneath answers
+    ENOTEMPTY for a movable one, so nothing moves either way.
+    """
+    with _occupied_probe(parent, dir_fd, name) as probe:
+        try:
+            os.rename(name, probe, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno == errno.EXDEV:
+                return False
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                return True
+            raise
+        # A non-empty directory was replaced, against POSIX: put the old one back at once.
+        os.rename(probe, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        raise UnsupportedTargetError(f"{os.path.join(parent, name)!r}: this file system replaced a non-empty directory")
+
+
+@contextlib.contextmanager
+def _occupied_probe(parent: str, dir_fd: int, name: str) -> Iterator[str]:
+    """A fresh staging directory beside ``name`` holding one entry, removed at the end: what the
+    rename probes move or rename over, since a rename treats a non-empty directory differently
+    from an empty one (it refuses to replace it; some FUSE servers refuse to move it)."""
+    probe = temp_name(name, ".stage")
+    os.mkdir(probe, 0o700, dir_fd=dir_fd)
+    try:
+        os.mkdir(os.path.join(probe, "occupied"), 0o700, dir_fd=dir_fd)
+        yield probe
+    finally:
+        remove_tree(parent, dir_fd, probe)
+
+
+def on_overlay(dir_fd: int) -> bool:
+    """Whether ``dir_fd`` is a directory of an overlayfs mount (fstatfs(2), Linux only)."""
+    return statfs_magic(dir_fd) == OVERLAYFS_SUPER_MAGIC
+
+
+def _on_fuse(dir_fd: int) -> bool:
+    """Whether ``dir_fd`` is a directory of a FUSE mount (fstatfs(2), Linux only)."""
+    return statfs_magic(dir_fd) == FUSE_SUPER_MAGIC
 
 
 def _flock(fd: int, *, blocking: bool) -> bool:
@@ -310,15 +443,25 @@ def _flock(fd: int, *, blocking: bool) -> bool:
         return True
 
 
-def sweep_staging(directory: str, older_than: float, dry_run: bool, writer_alive: WriterAlive) -> list[str]:
+def sweep_staging(
+    directory: str, older_than: float, dry_run: bool, writer_alive: WriterAlive, renames: DirectoryRenames
+) -> list[str]:
     """Remove the staging directories and pointer temp links that dead writers left in a local
-    ``directory``; return their paths.  ``writer_alive`` is the local strategy's own check."""
+    ``directory``; return their paths.  ``writer_alive`` and ``renames`` are the local
+    strategy's own; a replace that died between its two renames is finished first."""
     cutoff = time.time() - older_than
     removed: list[str] = []
     try:
         entries = sorted(os.listdir(directory))
     except OSError:
         return removed  # removed since the strategy's sweep listed it: nothing left to sweep
+    dead_stages = []
+    for entry in entries:
+        parsed = parse_staging_name(entry)
+        if parsed is not None and parsed[2] == "stage" and writer_alive(parsed[0], parsed[1]) is False:
+            dead_stages.append(entry)
+    if not dry_run:
+        _finish_interrupted_replaces(directory, dead_stages, renames)
     for entry in entries:
         parsed = parse_staging_name(entry)
         if parsed is None:
@@ -329,11 +472,49 @@ def sweep_staging(directory: str, older_than: float, dry_run: bool, writer_alive
     return removed
 
 
+def _finish_interrupted_replaces(directory: str, dead_stages: list[str], renames: DirectoryRenames) -> None:
+    """Move a complete new directory into place where a replace without RENAME_EXCHANGE died
+    between its two renames (the old one parked, the new one not yet in): the target is then
+    absent, and both halves are staging directories of a dead writer that would be removed.
+
+    Of the candidates for an absent target, the one whose manifest verifies and is newest wins
+    (the new one: a parked old directory is older, or has no manifest); the rest are then
+    removed as usual.
+    """
+    candidates: dict[str, list[tuple[float, str]]] = {}
+    for entry in dead_stages:
+        name = entry[1:].rsplit(".aw", 1)[0]
+        if os.path.lexists(os.path.join(directory, name)):
+            continue
+        with contextlib.suppress(OSError, AtomicWriteError):
+            if leftover_status(os.path.join(directory, entry), stat.S_ISDIR) is None:
+                continue  # a symlink or a file planted under a staging name: never moved
+            verification = verify_directory(os.path.join(directory, entry))
+            if verification.ok and verification.manifest is not None:
+                candidates.setdefault(name, []).append((verification.manifest.created, entry))
+    for name, found in candidates.items():
+        entry = max(found)[1]
+        with contextlib.suppress(OSError):
+            dir_fd = os.open(directory, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
+            try:
+                # No-replace: whatever appeared at the name meanwhile (even an empty directory,
+                # which a plain rename would replace) is the user's, and wins.
+                code = renames.rename_exclusive(dir_fd, entry, name)
+                if code == errno.ENOSYS and not os.path.lexists(os.path.join(directory, name)):
+                    os.rename(entry, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                    code = 0
+                if code == 0:
+                    flush_to_disk(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+
 def remove_stale_staging(  # noqa: PLR0911 - one early return per reason to keep it
     directory: str, entry: str, kind: str, *, alive: bool | None, cutoff: float, dry_run: bool
 ) -> bool:
-    """Remove a dead writer's staging directory (``kind`` "stage") or pointer temp symlink
-    ("link") from a local ``directory``; True if it was (or would be) removed.
+    """Remove a dead writer's staging directory (``kind`` "stage"), directory being removed
+    ("trash") or pointer temp symlink ("link") from a local ``directory``; True if it was (or
+    would be) removed.
 
     A staging directory stays locked (flock) while its writer lives; a symlink cannot be
     locked, so one goes only when its writer is known dead, or it is older than ``cutoff``

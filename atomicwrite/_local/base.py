@@ -36,18 +36,70 @@ _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
 # How open(O_NOFOLLOW) refuses a symlink: ELOOP (Linux, macOS), EMLINK (FreeBSD, NetBSD).
 _IS_A_LINK = frozenset({errno.ELOOP, errno.EMLINK})
+# errnos by which flock(2) says "no locks on this file system" (FUSE servers that refuse them,
+# NFS without a lock manager): a temp file's lock is then skipped (sweep() judges by age and
+# pid), and lock=True is refused.
+NO_FLOCK = frozenset({errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.ENOLCK, errno.EINVAL})
 
 __all__ = [
+    "NO_FLOCK",
     "LocalPendingWrite",
     "LocalStrategy",
     "TempFileStream",
+    "filesystem_type",
     "flush_to_disk",
     "names_a_directory",
     "replace_symlink",
     "require_version",
     "start_writeback",
+    "statfs_magic",
     "temp_stream",
 ]
+
+
+def filesystem_type(path: str) -> str | None:
+    """The type of the mount that holds ``path`` as /proc/self/mountinfo names it (``ext4``,
+    ``overlay``, ``fuse.sshfs``...), or None where there is no such table (not Linux)."""
+    try:
+        with open("/proc/self/mountinfo", "rb") as table:
+            lines = table.read().splitlines()
+    except OSError:
+        return None
+    real = os.fsencode(os.path.realpath(path))
+    found: tuple[int, str] | None = None
+    for line in lines:
+        fields = line.split()
+        try:
+            # The mount point is field 5; the type follows the "-" that ends the optional fields.
+            point = fields[4].replace(b"\\040", b" ")
+            kind = fields[fields.index(b"-") + 1]
+        except (IndexError, ValueError):
+            continue
+        inside = real == point or real.startswith(point.rstrip(b"/") + b"/")
+        # The longest mount point wins, and of equal ones the last mounted (it hides the others).
+        if inside and (found is None or len(point) >= found[0]):
+            found = (len(point), os.fsdecode(kind))
+    return None if found is None else found[1]
+
+
+def statfs_magic(fd: int) -> int | None:
+    """fstatfs(2)'s f_type of the file system that holds ``fd`` (linux/magic.h), or None where
+    it cannot be read (not Linux)."""
+    if sys.platform != "linux":
+        return None
+    import ctypes
+
+    try:
+        fstatfs = ctypes.CDLL(None, use_errno=True).fstatfs
+    except (OSError, AttributeError):
+        return None
+    # struct statfs starts with f_type, a long on every Linux ABI; 256 bytes cover the rest.
+    buffer = ctypes.create_string_buffer(256)
+    fstatfs.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    fstatfs.restype = ctypes.c_int
+    if fstatfs(fd, buffer) != 0:
+        return None
+    return ctypes.c_ulong.from_buffer(buffer).value & 0xFFFFFFFF
 
 
 def flush_to_disk(fd: int) -> None:
@@ -396,8 +448,16 @@ class LocalStrategy(Strategy):
         handle = open(fd, "a")  # noqa: SIM115 - held until release
         try:
             portalocker.lock(handle, portalocker.LockFlags.EXCLUSIVE)
-        except BaseException:
+        except BaseException as exc:
             handle.close()
+            cause = exc.args[0] if isinstance(exc, portalocker.LockException) and exc.args else None
+            if isinstance(cause, OSError) and cause.errno in NO_FLOCK:
+                raise UnsupportedTargetError(
+                    f"cannot lock {location!r}: its file system has no file locks"
+                    f" ({errno.errorcode.get(cause.errno or 0, cause.errno)}), and lock=True serializes"
+                    " writers with them; nothing was written. Write without lock=True (each write is"
+                    " still atomic), or keep the file on a file system with locks"
+                ) from exc
             raise
         return _PortalockerLock(handle)
 

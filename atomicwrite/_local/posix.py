@@ -31,12 +31,14 @@ from .._errors import (
     AtomicPermissionError,
     AtomicWriteError,
     TargetExistsError,
+    UnsupportedTargetError,
     os_error,
 )
 from .._names import FRESH_TEMP_GRACE, temp_name
 from .._result import CommitResult, Durability, LocalVersion
 from .._strategy import PendingWrite, WriteOptions
 from .base import (
+    NO_FLOCK,
     LocalPendingWrite,
     LocalStrategy,
     flush_to_disk,
@@ -51,7 +53,7 @@ if TYPE_CHECKING:
 # This module is for POSIX systems only; the assert tells type checkers so (mypy --platform win32).
 assert sys.platform != "win32"
 
-__all__ = ["NO_DIR_FSYNC", "NO_TMPFILE", "PosixPendingWrite", "PosixStrategy", "current_umask"]
+__all__ = ["NO_DIR_FSYNC", "NO_FLOCK", "NO_LINK", "NO_TMPFILE", "PosixPendingWrite", "PosixStrategy", "current_umask"]
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -63,6 +65,8 @@ _O_PATH = getattr(os, "O_PATH", 0)
 NO_TMPFILE = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT})
 # errnos by which a directory fsync says "not supported here" (CIFS, vboxsf, WSL DrvFs...).
 NO_DIR_FSYNC = frozenset({errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EBADF, errno.EACCES})
+# errnos by which link(2) says "no hard links here" (FUSE servers without a link operation).
+NO_LINK = frozenset({errno.EPERM, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP})
 
 
 _umask_lock = threading.Lock()
@@ -123,8 +127,14 @@ def _lock_named_temp(fd: int) -> None:
     tells a live writer's temp from a dead one's.  Blocking, because a sweep may hold it for an
     instant while it checks a brand-new temp.  An unnamed O_TMPFILE is locked only when it is
     about to be named: until then sweep cannot see it, and most writes are done by then.
+    Where the file system has no locks, the temp stays unlocked: sweep() then spares it while
+    it is fresh or its writer's pid lives.
     """
-    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as exc:
+        if exc.errno not in NO_FLOCK:
+            raise
 
 
 # Every flush goes through one name; tests replace _sync here to fail or count them.  On Linux
@@ -401,6 +411,16 @@ class PosixPendingWrite(LocalPendingWrite):
             os.link(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
         except FileExistsError as exc:
             raise TargetExistsError.at(self._location) from exc
+        except OSError as exc:
+            if exc.errno not in NO_LINK:
+                raise
+            # Neither call exists here (some FUSE mounts): any other way of creating the name
+            # either replaces a file that appeared meanwhile or shows a reader an empty one.
+            raise UnsupportedTargetError(
+                f"cannot create {self._location!r} exclusively: its file system has neither"
+                " renameat2(RENAME_NOREPLACE) nor link(2), so no call creates a name only if it is"
+                " free; nothing was written. Write without exclusive creation, or to another file system"
+            ) from exc
         self._temp = None
         with contextlib.suppress(OSError):
             os.unlink(temp, dir_fd=dir_fd)
@@ -617,6 +637,10 @@ class PosixStrategy(LocalStrategy):
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return False  # a live writer holds it
+            except OSError as exc:
+                # No locks on this file system: no writer holds one, so age and pid decide.
+                if exc.errno not in NO_FLOCK:
+                    raise
             old_enough = st.st_mtime < cutoff and st.st_mtime < time.time() - FRESH_TEMP_GRACE
             if not old_enough and self.writer_alive(*writer) is not False:
                 # Unlocked, but the writer may live: on another host (whose locks may not reach
