@@ -17,7 +17,13 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "atomicwrite"
 # The adapters, which may import what they adapt (lazily: see test_adapters_import_lazily).
-ADAPTERS = {"atomicwrite.torch", "atomicwrite.lightning", "atomicwrite.distributed", "atomicwrite.pytorch_lightning"}
+ADAPTERS = {
+    "atomicwrite.torch",
+    "atomicwrite.lightning",
+    "atomicwrite.distributed",
+    "atomicwrite.pytorch_lightning",
+    "atomicwrite.transformers",
+}
 ML_STACK = (
     "torch",
     "lightning",
