@@ -9,4 +9,5 @@ Built on the single-file layers below (`atomicwrite._api`, the strategies), neve
 - `manifest`: what a published directory holds (files, sizes, checksums);
 - `reading`: `open_directory` and `verify_directory`, through the manifest;
 - `generations`: `CheckpointStore`, numbered generations with an atomic ``latest`` and retention.
+- `retention`: the policies that say which generations a `CheckpointStore` keeps.
 """

@@ -6,20 +6,32 @@ Layout under ``root`` (local or object store)::
       gen-00000001/        one published directory per save (atomic_directory, never replaced)
       gen-00000002/
       latest               -> gen-00000002 (a symlink locally; a small JSON object on stores)
+      .atomicwrite-pins.json   the pinned generations (only once one was pinned)
 
 A save publishes a new generation first and moves ``latest`` second, so ``latest`` only ever
 names a complete generation; a crash between the two leaves ``latest`` on the previous one.
 Locally the pointer is swapped by renaming a fresh symlink over it (never remove-then-create);
 on an object store it is replaced conditionally (``If-Match``), and only ever forward.
+
+Retention runs only after the pointer move returned, and keeps what any policy of
+`atomicwrite._directories.retention` keeps plus what it must never delete: the generation
+``latest`` names, the one this process resumed from, pinned ones, any newer than ``latest``,
+and all of them while a save of this store is still open.  On an object store a removed
+generation leaves the listing at once (its manifest goes first) and its objects are deleted in
+a background thread, so a slow delete never holds up the next save.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
-from collections.abc import Iterator, Mapping
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Any, Literal, cast
 
@@ -28,14 +40,18 @@ from .._local.base import replace_symlink
 from .._strategy import WriteOptions, resolve_target
 from .api import begin_directory
 from .local import remove_tree
-from .manifest import MANIFEST_NAME, DirectoryCommitResult, DirectoryVerification
+from .manifest import MANIFEST_NAME, DirectoryCommitResult, DirectoryVerification, FileEntry
 from .reading import PublishedDirectory, open_directory, verify_directory
-from .staging import StagingDirectory
+from .retention import GenerationInfo, KeepLatest, RetentionPolicy, judges, rank_by_metric
+from .staging import DirectoryTransaction, StagingDirectory
 from .store import remove_prefix
 
 __all__ = ["CheckpointStore", "Generation"]
 
 POINTER_NAME = "latest"
+#: The pinned generations, under the root beside ``latest``.
+PINS_NAME = ".atomicwrite-pins.json"
+PINS_FORMAT = "atomicwrite-pins/1"
 _POINTER_RETRIES = 20
 
 
@@ -63,6 +79,73 @@ class Generation:
         """Open the file ``name`` of this generation for reading."""
         return self.directory.open(name)
 
+    @property
+    def step(self) -> int:
+        """The step it was saved at (its number)."""
+        return self.number
+
+    @property
+    def timestamp(self) -> float:
+        """Wall-clock time (Unix seconds) the save started; for generations saved before
+        metadata was recorded, when it was published."""
+        return _timestamp(self.directory.manifest.metadata, self.directory.manifest.created)
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The metrics given to ``save(metrics=...)``."""
+        metrics = self.directory.manifest.metadata.get("metrics")
+        return dict(metrics) if isinstance(metrics, dict) else {}
+
+    @property
+    def tags(self) -> dict[str, str]:
+        """The tags given to ``save(tags=...)``."""
+        tags = self.directory.manifest.metadata.get("tags")
+        return dict(tags) if isinstance(tags, dict) else {}
+
+
+def _timestamp(metadata: Mapping[str, Any], created: float) -> float:
+    value = metadata.get("timestamp")
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else created
+
+
+def _check_metadata(metrics: Mapping[str, float] | None, tags: Mapping[str, str] | None) -> None:
+    for given, what in ((metrics, "metrics"), (tags, "tags")):
+        if given is not None and not isinstance(given, Mapping):
+            raise UsageError(f"{what} must be a mapping, not {given!r}")
+    for name, value in (metrics or {}).items():
+        if not isinstance(name, str) or not name:
+            raise UsageError(f"a metric's name must be a non-empty str, not {name!r}")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise UsageError(f"metric {name!r} must be a finite number, not {value!r}")
+    for tag, text in (tags or {}).items():
+        if not isinstance(tag, str) or not tag or not isinstance(text, str):
+            raise UsageError(f"tags map non-empty str names to str values, not {tag!r}: {text!r}")
+
+
+class _GenerationTransaction(DirectoryTransaction):
+    """A directory transaction whose manifest carries the generation's metadata, and that
+    tells its store when it is no longer open."""
+
+    def __init__(self, inner: DirectoryTransaction, metadata: Mapping[str, Any], done: Callable[[], None]) -> None:
+        self._inner = inner
+        inner.metadata = self.metadata = dict(metadata)
+        self._done = done
+        self.staging = inner.staging
+        self.strategy_name = inner.strategy_name
+
+    def commit(self, reported: Mapping[str, FileEntry] | None = None) -> DirectoryCommitResult:
+        try:
+            return self._inner.commit(reported)
+        except BaseException:
+            self._done()
+            raise
+
+    def discard(self) -> None:
+        try:
+            self._inner.discard()
+        finally:
+            self._done()
+
 
 class CheckpointStore:
     """Numbered, all-or-nothing checkpoint directories under ``root`` with an atomic ``latest``.
@@ -79,8 +162,12 @@ class CheckpointStore:
 
     Args:
         root: a local directory (created if missing) or an object-store URL.
-        keep_last: after each save, remove all but the newest ``keep_last`` generations.  The
-            one ``latest`` names is never removed, nor one still being written.
+        keep: retention policies ([`KeepLatest`][atomicwrite.KeepLatest],
+            [`KeepEvery`][atomicwrite.KeepEvery], [`KeepBest`][atomicwrite.KeepBest]), one or a
+            list; after each save a generation is removed when no policy keeps it.  Never
+            removed: the one ``latest`` names, the one this process resumed from, pinned ones,
+            any newer than ``latest``.
+        keep_last: shorthand for ``KeepLatest(keep_last)`` (added to ``keep``).
         prefix: generation names are ``prefix`` + an 8-digit number.
         durability, checksums, storage_options: as for [`atomic_directory`][atomicwrite.atomic_directory].
     """
@@ -89,6 +176,7 @@ class CheckpointStore:
         self,
         root: str | os.PathLike[str],
         *,
+        keep: RetentionPolicy | Sequence[RetentionPolicy] | None = None,
         keep_last: int | None = None,
         prefix: str = "gen-",
         durability: Literal["none", "full"] = "full",
@@ -99,7 +187,15 @@ class CheckpointStore:
             raise UsageError(f"keep_last must be a positive int or None, not {keep_last!r}")
         if not re.fullmatch(r"[A-Za-z0-9_.-]*", prefix) or prefix.startswith("."):
             raise UsageError(f"prefix must be letters, digits, '_', '-' or '.', not starting with '.': {prefix!r}")
+        policies = [keep] if isinstance(keep, RetentionPolicy) else list(keep or ())
+        for policy in policies:
+            if not isinstance(policy, RetentionPolicy):
+                raise UsageError(f"keep takes retention policies (KeepLatest, KeepEvery, KeepBest), not {policy!r}")
+        if keep_last is not None:
+            policies.append(KeepLatest(keep_last))
         self.keep_last = keep_last
+        #: The retention policies applied after each save.
+        self.policies: tuple[RetentionPolicy, ...] = tuple(policies)
         self.prefix = prefix
         self.durability: Literal["none", "full"] = durability
         self.checksums = checksums
@@ -123,6 +219,12 @@ class CheckpointStore:
             self._fs = self._strategy.filesystem(WriteOptions(storage_options=self.storage_options))
         #: What the last save published.
         self.last_result: DirectoryCommitResult | None = None
+        self._resumed_from: str | None = None
+        self._open_saves = 0
+        self._closing: dict[str, Callable[[], None]] = {}
+        self._lock = threading.Lock()
+        self._deleter: ThreadPoolExecutor | None = None
+        self._deletions: list[Future[None]] = []
 
     # --- names --------------------------------------------------------------------------
 
@@ -235,11 +337,21 @@ class CheckpointStore:
         return f"{self.prefix}{step:08d}"
 
     @contextlib.contextmanager
-    def save(self, step: int | None = None) -> Iterator[StagingDirectory]:
+    def save(
+        self,
+        step: int | None = None,
+        *,
+        metrics: Mapping[str, float] | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> Iterator[StagingDirectory]:
         """Write a new generation (numbered ``step``, or the next number); on leaving the block
         it is published, ``latest`` moves to it, and old generations are pruned.  An exception
-        in the block discards it and leaves ``latest`` where it was."""
-        transaction = self.begin(step)
+        in the block discards it and leaves ``latest`` where it was.
+
+        The generation's manifest records its step, the wall-clock time the save started,
+        ``metrics`` (names to finite numbers, for [`KeepBest`][atomicwrite.KeepBest] and
+        [`find`][atomicwrite.CheckpointStore.find]) and ``tags`` (names to strings)."""
+        transaction = self.begin(step, metrics=metrics, tags=tags)
         try:
             yield transaction.staging
         except BaseException:
@@ -247,23 +359,58 @@ class CheckpointStore:
             raise
         self.finish(transaction.commit())
 
-    def begin(self, step: int | None = None) -> Any:
+    def begin(
+        self,
+        step: int | None = None,
+        *,
+        metrics: Mapping[str, float] | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> Any:
         """Start a save without a ``with`` block: a [`DirectoryTransaction`][atomicwrite.DirectoryTransaction]
-        to commit, then pass its result to [`finish`][atomicwrite.CheckpointStore.finish]."""
-        return begin_directory(
-            self._join(self.next_name(step)),
+        to commit, then pass its result to [`finish`][atomicwrite.CheckpointStore.finish]
+        (or to discard)."""
+        _check_metadata(metrics, tags)
+        name = self.next_name(step)
+        metadata = {
+            "step": self._number(name),
+            "timestamp": time.time(),
+            "metrics": dict(metrics or {}),
+            "tags": dict(tags or {}),
+        }
+        inner = begin_directory(
+            self._join(name),
             replace=False,
             durability=self.durability,
             checksums=self.checksums,
             storage_options=self.storage_options,
         )
+        closed = threading.Event()
+
+        def done() -> None:
+            if not closed.is_set():
+                closed.set()
+                with self._lock:
+                    self._open_saves -= 1
+                    self._closing.pop(name, None)
+
+        with self._lock:
+            self._open_saves += 1
+            self._closing[name] = done
+        return _GenerationTransaction(inner, metadata, done)
 
     def finish(self, result: DirectoryCommitResult) -> None:
-        """Move ``latest`` to the generation just published, then apply retention."""
+        """Move ``latest`` to the generation just published, then apply retention (only once
+        the pointer move returned: durable, with ``durability="full"``)."""
         name = result.target.rstrip("/").replace("\\", "/").rpartition("/")[2]
-        self._point_to(name)
+        with self._lock:
+            done = self._closing.get(name)
+        try:
+            self._point_to(name)
+        finally:
+            if done is not None:
+                done()
         self.last_result = result
-        if self.keep_last is not None:
+        if self.policies:
             self.prune()
 
     # --- reading ------------------------------------------------------------------------
@@ -274,16 +421,79 @@ class CheckpointStore:
         named = self.pointer()
         if named is not None and self.verify(named, checksums=checksums):
             with contextlib.suppress(TargetNotFoundError, AtomicWriteError):
-                return self._generation(named)
+                return self._resumed(self._generation(named))
         for name in reversed(self.generations()):
             if name != named and self.verify(name, checksums=checksums):
                 with contextlib.suppress(TargetNotFoundError, AtomicWriteError):
-                    return self._generation(name)
+                    return self._resumed(self._generation(name))
+        return None
+
+    def latest_valid(self, *, checksums: bool = True) -> Generation | None:
+        """The newest generation that verifies, whether or not ``latest`` names it yet: torn,
+        corrupt or unreadable generations are skipped.  None if no generation verifies."""
+        for name in reversed(self.generations()):
+            if self.verify(name, checksums=checksums):
+                with contextlib.suppress(TargetNotFoundError, AtomicWriteError):
+                    return self._resumed(self._generation(name))
+        return None
+
+    def find(
+        self,
+        *,
+        step: int | None = None,
+        best: str | None = None,
+        mode: Literal["min", "max"] = "min",
+        tags: Mapping[str, str] | None = None,
+        checksums: bool = True,
+    ) -> Generation | None:
+        """A generation chosen by its metadata, verified: the one saved at ``step``, or the
+        one with the best value of the metric ``best`` (lowest for ``mode="min"``, highest for
+        ``"max"``; of equal values the older), or else the newest; among those whose ``tags``
+        include the given ones.  A candidate that does not verify is passed over for the next
+        best.  None if nothing matches."""
+        if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+            raise UsageError(f"step must be a non-negative int, not {step!r}")
+        if best is not None and (not isinstance(best, str) or not best):
+            raise UsageError(f"best must name a metric, not {best!r}")
+        if mode not in ("min", "max"):
+            raise UsageError(f"mode must be 'min' or 'max', not {mode!r}")
+        _check_metadata(None, tags)
+        candidates = [
+            g
+            for g in self._readable()
+            if (step is None or g.step == step) and all(g.tags.get(k) == v for k, v in (tags or {}).items())
+        ]
+        if best is not None:
+            by_name = {g.name: g for g in candidates}
+            ordered = [by_name[info.name] for info in rank_by_metric([_info(g) for g in candidates], best, mode)]
+        else:
+            ordered = list(reversed(candidates))
+        for generation in ordered:
+            if self.verify(generation.name, checksums=checksums):
+                return self._resumed(generation)
         return None
 
     def get(self, name: str) -> Generation:
         """The published generation ``name`` (not verified)."""
-        return self._generation(name)
+        return self._resumed(self._generation(name))
+
+    @property
+    def resumed_from(self) -> str | None:
+        """The generation the last of `latest`, `latest_valid`, `find` or `get` returned to
+        this process: retention never removes it."""
+        return self._resumed_from
+
+    def _resumed(self, generation: Generation) -> Generation:
+        self._resumed_from = generation.name
+        return generation
+
+    def _readable(self) -> list[Generation]:
+        """The generations whose manifest can be read, oldest first."""
+        found = []
+        for name in self.generations():
+            with contextlib.suppress(TargetNotFoundError, AtomicWriteError):
+                found.append(self._generation(name))
+        return found
 
     def verify(self, name: str | None = None, *, checksums: bool = True) -> DirectoryVerification:
         """Check generation ``name`` (default: the one ``latest`` names) against its manifest."""
@@ -293,29 +503,102 @@ class CheckpointStore:
                 return verify_directory(self._join(POINTER_NAME), storage_options=self.storage_options)
         return verify_directory(self._join(name), checksums=checksums, storage_options=self.storage_options)
 
+    # --- pins ---------------------------------------------------------------------------
+
+    def pinned(self) -> list[str]:
+        """The pinned generations' names (retention never removes them), oldest first."""
+        if self.local:
+            try:
+                with open(self._join(PINS_NAME), "rb") as file:
+                    data = file.read()
+            except FileNotFoundError:
+                return []
+        else:
+            fs = self._fs
+            try:
+                data = fs.cat_file(fs._strip_protocol(self._join(PINS_NAME)))
+            except FileNotFoundError:
+                return []
+        try:
+            record = json.loads(data)
+        except ValueError as exc:
+            raise AtomicWriteError(f"{self._join(PINS_NAME)!r} is damaged ({exc})") from exc
+        names = record.get("pinned") if isinstance(record, dict) and record.get("format") == PINS_FORMAT else None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise AtomicWriteError(f"{self._join(PINS_NAME)!r} is not a list of pinned generations")
+        return sorted(set(names), key=lambda n: (self._number(n) or 0, n))
+
+    def pin(self, name: str) -> None:
+        """Keep generation ``name`` whatever the retention policies say, until
+        [`unpin`][atomicwrite.CheckpointStore.unpin]; recorded under the root, so it holds
+        across restarts."""
+        if self._number(name) is None:
+            raise UsageError(f"{name!r} is not a generation of this store (prefix {self.prefix!r})")
+        if name not in self._names():
+            raise TargetNotFoundError(2, f"no generation {name!r} in {self.root!r}", self._join(name))
+        self._write_pins({*self.pinned(), name})
+
+    def unpin(self, name: str) -> None:
+        """Let retention decide about ``name`` again (nothing happens if it was not pinned)."""
+        pins = set(self.pinned())
+        if name in pins:
+            self._write_pins(pins - {name})
+
+    def _write_pins(self, names: set[str]) -> None:
+        from .._api import atomic_open
+
+        data = json.dumps({"format": PINS_FORMAT, "pinned": sorted(names)}, indent=1).encode()
+        if self.local:
+            with atomic_open(self._join(PINS_NAME), "wb", durability=self.durability) as file:
+                file.write(data)
+        else:
+            url = self._strategy.url(self._fs._strip_protocol(self._join(PINS_NAME)))
+            with atomic_open(url, "wb", storage_options=self.storage_options) as file:
+                file.write(data)
+
     # --- retention ----------------------------------------------------------------------
 
     def prune(self, keep_last: int | None = None) -> list[str]:
-        """Remove all but the newest ``keep_last`` generations (default: the store's); never
-        the one ``latest`` names, nor any newer than it.  Returns the names removed."""
-        keep = self.keep_last if keep_last is None else keep_last
-        if keep is None or keep < 1:
-            raise UsageError(f"keep_last must be a positive int, not {keep!r}")
+        """Remove the generations no retention policy keeps (or, with ``keep_last``, all but
+        the newest ``keep_last``).  Never removed: the one ``latest`` names, any newer than it,
+        the one this process resumed from, pinned ones; and nothing while a save of this store
+        is open.  Returns the names removed."""
+        if keep_last is not None:
+            policies: tuple[RetentionPolicy, ...] = (KeepLatest(keep_last),)
+        elif self.policies:
+            policies = self.policies
+        else:
+            raise UsageError(f"{self!r} has no retention policy: give keep= or keep_last=, or prune(keep_last=N)")
+        with self._lock:
+            if self._open_saves:
+                return []  # a newer save is not published yet: nothing is superseded for sure
         names = self._names()
         named = self.pointer()
         if named is None:
             return []  # without a pointer nothing is known to be superseded
         ceiling = self._number(named)
         assert ceiling is not None
-        ordered = sorted(names, key=names.__getitem__)
-        kept = set(ordered[-keep:]) | {named}
+        infos = [self._info(name, number) for name, number in sorted(names.items(), key=lambda item: item[1])]
+        kept: set[str] = {named, *self.pinned()}
+        if self._resumed_from is not None:
+            kept.add(self._resumed_from)
+        for policy in policies:
+            kept |= policy.select(infos)
         removed: list[str] = []
-        for name in ordered:
-            if name in kept or names[name] >= ceiling:
+        for info in infos:
+            if info.name in kept or info.step >= ceiling or not any(judges(p, info) for p in policies):
                 continue
-            self._remove(name)
-            removed.append(name)
+            self._remove(info.name)
+            removed.append(info.name)
         return removed
+
+    def _info(self, name: str, number: int) -> GenerationInfo:
+        try:
+            generation = self._generation(name)
+        except (TargetNotFoundError, AtomicWriteError):
+            # Torn or damaged: no metadata, so only policies that go by step alone keep it.
+            return GenerationInfo(name, number, None, {})
+        return _info(generation)
 
     def _remove(self, name: str) -> None:
         if self.local:
@@ -326,10 +609,40 @@ class CheckpointStore:
                 os.close(dir_fd)
             return
         fs = self._fs
-        # The manifest first: from then on no reader trusts the generation's files.
+        # The manifest first: from then on the generation is not listed, and no reader trusts
+        # its files; the objects go in the background, so a slow delete never holds up a save.
         with contextlib.suppress(FileNotFoundError):
             fs.rm_file(fs._strip_protocol(f"{self.root}/{name}/{MANIFEST_NAME}"))
-        remove_prefix(fs, fs._strip_protocol(f"{self.root}/{name}"))
+        with self._lock:
+            if self._deleter is None:
+                self._deleter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="atomicwrite-prune")
+            self._deletions = [f for f in self._deletions if not f.done()]
+            self._deletions.append(self._deleter.submit(remove_prefix, fs, fs._strip_protocol(f"{self.root}/{name}")))
+
+    def wait(self) -> None:
+        """Wait until the background deletions of pruned generations are done."""
+        with self._lock:
+            pending = list(self._deletions)
+        for future in pending:
+            future.result()
+
+    def close(self) -> None:
+        """Wait for the background deletions, then release the thread that runs them."""
+        self.wait()
+        with self._lock:
+            deleter, self._deleter = self._deleter, None
+        if deleter is not None:
+            deleter.shutdown(wait=True)
+
+    def __enter__(self) -> CheckpointStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         return f"<CheckpointStore {self.root!r}>"
+
+
+def _info(generation: Generation) -> GenerationInfo:
+    return GenerationInfo(generation.name, generation.number, generation.timestamp, generation.metrics)

@@ -9,8 +9,8 @@ import os
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import IO, Literal
+from dataclasses import dataclass, field
+from typing import IO, Any, Literal
 
 from .._errors import (
     AtomicWriteError,
@@ -61,14 +61,19 @@ class DirectoryManifest:
     generation: str
     files: tuple[FileEntry, ...]
     created: float
+    #: What the writer recorded with the directory (a checkpoint's step, metrics, tags); JSON
+    #: values.  Older manifests have none, and readers that predate it ignore the key.
+    metadata: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def to_json(self) -> bytes:
-        record = {
+        record: dict[str, Any] = {
             "format": FORMAT,
             "generation": self.generation,
             "created": self.created,
             "files": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in self.files],
         }
+        if self.metadata:
+            record["metadata"] = dict(self.metadata)
         return json.dumps(record, indent=1, sort_keys=True).encode()
 
     @classmethod
@@ -83,7 +88,12 @@ class DirectoryManifest:
             )
             for f in record["files"]
         )
-        return cls(generation=str(record["generation"]), files=files, created=float(record["created"]))
+        metadata = record.get("metadata", {})
+        if not isinstance(metadata, dict):
+            raise ValueError("the manifest's metadata is not an object")
+        return cls(
+            generation=str(record["generation"]), files=files, created=float(record["created"]), metadata=metadata
+        )
 
     @property
     def total_bytes(self) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, Literal
 
 from .._errors import (
@@ -106,6 +107,9 @@ class DirectoryTransaction:
 
     strategy_name: str = ""
     staging: StagingDirectory
+    #: What the manifest records besides the files (a checkpoint's step, metrics, tags): JSON
+    #: values, set before `commit`.
+    metadata: Mapping[str, Any] = MappingProxyType({})
 
     def commit(self, reported: Mapping[str, FileEntry] | None = None) -> DirectoryCommitResult:
         """Publish.  ``reported``: entries other processes computed for their files; each must

@@ -98,7 +98,9 @@ class StoreTransaction(DirectoryTransaction):
             staged = self._listing()
             known = merge_reported(staged, reported, self._location)
             files = [known.get(name) or self._entry(name, size) for name, size in sorted(staged.items())]
-            manifest = DirectoryManifest(generation=self._generation, files=tuple(files), created=time.time())
+            manifest = DirectoryManifest(
+                generation=self._generation, files=tuple(files), created=time.time(), metadata=dict(self.metadata)
+            )
             url = self._strategy.url(self._manifest_path)
             if self._previous_version is None:
                 file = atomic_open(url, "xb", storage_options=self._options.storage_options)
