@@ -19,11 +19,13 @@ from ._errors import (
     AtomicOSError,
     AtomicPermissionError,
     AtomicWriteError,
+    CommitCallbackError,
     ConflictError,
     CrossDeviceError,
     DistributedAbortError,
     DurabilityError,
     NoSpaceError,
+    OverlayDirectoryError,
     SerializerNotFoundError,
     TargetExistsError,
     TargetIsADirectoryError,
@@ -55,6 +57,11 @@ _LAZY = {
     "verify_directory": "_directories.reading",
     "DirectoryTransaction": "_directories.staging",
     "StagingDirectory": "_directories.staging",
+    "GenerationInfo": "_directories.retention",
+    "KeepBest": "_directories.retention",
+    "KeepEvery": "_directories.retention",
+    "KeepLatest": "_directories.retention",
+    "RetentionPolicy": "_directories.retention",
 }
 
 if TYPE_CHECKING:
@@ -68,6 +75,7 @@ if TYPE_CHECKING:
         FileEntry,
     )
     from ._directories.reading import PublishedDirectory, open_directory, verify_directory
+    from ._directories.retention import GenerationInfo, KeepBest, KeepEvery, KeepLatest, RetentionPolicy
     from ._directories.staging import DirectoryTransaction, StagingDirectory
 
 
@@ -95,6 +103,7 @@ __all__ = [
     "AtomicWriteError",
     "BatchError",
     "CheckpointStore",
+    "CommitCallbackError",
     "CommitResult",
     "ConflictError",
     "CrossDeviceError",
@@ -108,11 +117,17 @@ __all__ = [
     "DurabilityError",
     "FileEntry",
     "Generation",
+    "GenerationInfo",
+    "KeepBest",
+    "KeepEvery",
+    "KeepLatest",
     "LocalVersion",
     "NoSpaceError",
+    "OverlayDirectoryError",
     "PendingWrite",
     "ProgressCallback",
     "PublishedDirectory",
+    "RetentionPolicy",
     "Serializer",
     "SerializerNotFoundError",
     "StagingDirectory",

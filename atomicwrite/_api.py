@@ -7,11 +7,12 @@ import functools
 import io
 import itertools
 import os
+import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import IO, Any, Literal, Protocol, overload
 
-from ._errors import AtomicWriteError, DurabilityError, UsageError
+from ._errors import AtomicWriteError, CommitCallbackError, DurabilityError, UsageError
 from ._result import CommitResult, Durability
 from ._serializers import Serializer, get_serializer
 from ._strategy import PendingWrite, ProgressCallback, Strategy, TargetLock, WriteOptions, resolve_target
@@ -20,6 +21,8 @@ __all__ = ["AtomicBinaryFile", "AtomicTextFile", "atomic_open", "atomic_save", "
 
 Target = str | os.PathLike[str]
 BinaryMode = Literal["wb", "xb", "bw", "bx"]
+#: Called with the `CommitResult` once a write has committed (see ``on_commit`` of `atomic_open`).
+CommitCallback = Callable[[CommitResult], object]
 TextMode = Literal["w", "x", "wt", "xt", "tw", "tx"]
 
 # Writes smaller than this are gathered before they reach the temp file; larger ones go straight
@@ -49,10 +52,20 @@ class AtomicBinaryFile(io.BufferedWriter):
     a file abandoned to the garbage collector never publishes a partial write.
     """
 
-    def __init__(self, pending: PendingWrite, lock: TargetLock | None) -> None:
+    def __init__(
+        self,
+        pending: PendingWrite,
+        lock: TargetLock | None,
+        *,
+        opened: float | None = None,
+        on_commit: CommitCallback | None = None,
+    ) -> None:
         super().__init__(pending.stream, _BUFFER_SIZE)
         self._pending = pending
         self._lock = lock
+        # perf_counter() when the write was opened: a result's ``seconds`` run from there.
+        self._opened = time.perf_counter() if opened is None else opened
+        self._on_commit = on_commit
         self._result: CommitResult | None = None
         self._finished = False
         # Set while the file belongs to an atomic_batch, which publishes it.
@@ -82,14 +95,18 @@ class AtomicBinaryFile(io.BufferedWriter):
             raise
         self._finished = True
         try:
-            self._result = self._pending.commit()
+            self._result = self._timed(self._pending.commit())
         except DurabilityError as exc:
-            self._result = exc.result
+            exc.result = self._result = self._timed(exc.result)
             raise
         finally:
             if self._lock is not None:
                 self._release()
+        _notify(self._on_commit, self._result)
         return self._result
+
+    def _timed(self, result: CommitResult) -> CommitResult:
+        return result._timed(time.perf_counter() - self._opened)
 
     def _stage(self) -> None:
         """In a batch: hand what was written to the batch, which flushes it to storage."""
@@ -104,11 +121,15 @@ class AtomicBinaryFile(io.BufferedWriter):
         if self._batch is not None:
             self._batch._stage(self)
 
-    def _published(self, result: CommitResult) -> None:
-        """In a batch: the batch published this write (or found it could not flush enough)."""
+    def _published(self, result: CommitResult) -> CommitResult:
+        """In a batch: the batch published this write (or found it could not flush enough).
+
+        Returns the result with its timings; the batch tells ``on_commit`` once every file of
+        it is published (see `_notify`)."""
         self._finished = True
-        self._result = result
+        self._result = self._timed(result)
         self._release()
+        return self._result
 
     def discard(self) -> None:
         """Drop everything written; the target stays as it was.  Does nothing after a commit."""
@@ -150,6 +171,22 @@ class AtomicBinaryFile(io.BufferedWriter):
     def __repr__(self) -> str:
         state = "committed" if self._result else "discarded" if self._finished else "staged" if self._staged else "open"
         return f"<{type(self).__name__} {state}>"
+
+
+def _notify(on_commit: CommitCallback | None, result: CommitResult) -> None:
+    """Tell ``on_commit`` about a committed write.
+
+    The write is committed whatever the callback does, so its exception is not let through as if
+    the write had failed: it is raised as the cause of a `CommitCallbackError` that carries the
+    result."""
+    if on_commit is None:
+        return
+    try:
+        on_commit(result)
+    except Exception as exc:
+        raise CommitCallbackError(
+            f"{result.target!r} was committed, but its on_commit callback raised {exc!r}", result=result
+        ) from exc
 
 
 def _discard_after(file: AtomicBinaryFile | AtomicTextFile, error: BaseException | None) -> None:
@@ -342,7 +379,11 @@ def _open(
     encoding: str | None,
     errors: str | None,
     newline: str | None,
+    on_commit: CommitCallback | None = None,
 ) -> AtomicBinaryFile | AtomicTextFile:
+    opened = time.perf_counter()
+    if on_commit is not None and not callable(on_commit):
+        raise UsageError(f"on_commit must be a callable taking the CommitResult, not {on_commit!r}")
     if binary and (encoding is not None or errors is not None or newline is not None):
         raise UsageError("encoding, errors and newline are for text modes, not binary ones")
     if not binary:
@@ -357,7 +398,7 @@ def _open(
         if held is not None:
             held.release()
         raise
-    file = AtomicBinaryFile(pending, held)
+    file = AtomicBinaryFile(pending, held, opened=opened, on_commit=on_commit)
     if binary:
         return file
     return AtomicTextFile(file, encoding, errors, newline)
@@ -380,6 +421,7 @@ def atomic_open(
     lock: bool = ...,
     storage_options: Mapping[str, Any] | None = ...,
     progress: ProgressCallback | None = ...,
+    on_commit: CommitCallback | None = ...,
 ) -> AtomicBinaryFile: ...
 
 
@@ -400,6 +442,7 @@ def atomic_open(
     lock: bool = ...,
     storage_options: Mapping[str, Any] | None = ...,
     progress: ProgressCallback | None = ...,
+    on_commit: CommitCallback | None = ...,
 ) -> AtomicTextFile: ...
 
 
@@ -420,6 +463,7 @@ def atomic_open(
     lock: bool = ...,
     storage_options: Mapping[str, Any] | None = ...,
     progress: ProgressCallback | None = ...,
+    on_commit: CommitCallback | None = ...,
 ) -> AtomicBinaryFile | AtomicTextFile: ...
 
 
@@ -439,6 +483,7 @@ def atomic_open(
     lock: bool = False,
     storage_options: Mapping[str, Any] | None = None,
     progress: ProgressCallback | None = None,
+    on_commit: CommitCallback | None = None,
 ) -> AtomicBinaryFile | AtomicTextFile:
     """Open ``target`` for an all-or-nothing write.
 
@@ -482,6 +527,11 @@ def atomic_open(
             memory is about ``part_size * (parallel_parts + 1)`` whatever the object's size.
         progress: told how many bytes reached the storage as they do (an fsspec ``Callback``,
             e.g. ``TqdmCallback`` for a progress bar).
+        on_commit: called once with the [`CommitResult`][atomicwrite.CommitResult] after the
+            commit succeeded (not after a discard or a
+            [`DurabilityError`][atomicwrite.DurabilityError]), in the thread that commits.  An
+            exception from it is raised as
+            [`CommitCallbackError`][atomicwrite.CommitCallbackError]: the write stays committed.
 
     Returns:
         [`AtomicBinaryFile`][atomicwrite.AtomicBinaryFile] or
@@ -504,7 +554,15 @@ def atomic_open(
     )
     strategy, location = resolve_target(target)
     return _open(
-        strategy, location, options, binary=binary, lock=lock, encoding=encoding, errors=errors, newline=newline
+        strategy,
+        location,
+        options,
+        binary=binary,
+        lock=lock,
+        encoding=encoding,
+        errors=errors,
+        newline=newline,
+        on_commit=on_commit,
     )
 
 
@@ -523,7 +581,7 @@ def atomic_save(
     an installed package), a [`Serializer`][atomicwrite.Serializer], or a callable ``(obj, fileobj) -> None`` that
     writes to a binary file.  The object is streamed to the temp file, never held as a whole
     in memory.  If the serializer raises, the target is left as it was.  ``options`` are those of
-    [`atomic_open`][atomicwrite.atomic_open].
+    [`atomic_open`][atomicwrite.atomic_open] (``on_commit`` included).
     """
     chosen = get_serializer(serializer)
     mode = ("x" if exclusive else "w") + ("b" if chosen.binary else "")

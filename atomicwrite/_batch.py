@@ -21,9 +21,10 @@ from ._api import (
     TextMode,
     _discard_after,
     _note_cleanup_failure,
+    _notify,
     atomic_open,
 )
-from ._errors import AtomicWriteError, DurabilityError, UsageError
+from ._errors import AtomicWriteError, CommitCallbackError, DurabilityError, UsageError
 from ._result import CommitResult, Durability
 from ._strategy import PendingWrite
 
@@ -269,6 +270,7 @@ class AtomicBatch:
                 if failure is None:
                     failure, failed = exc, None
         short: list[DurabilityError] = []
+        complete: list[AtomicBinaryFile] = []  # published with the durability asked for
         for binary, whole, directory in published:
             result = whole
             if result is None:
@@ -276,9 +278,20 @@ class AtomicBatch:
                     result = binary._pending.finish_staged(flushed[directory] if directory is not None else True)
                 except DurabilityError as exc:
                     short.append(exc)
-                    result = exc.result
-            binary._published(result)
-            self._results.append(result)
+                    exc.result = binary._published(exc.result)
+                    self._results.append(exc.result)
+                    continue
+            self._results.append(binary._published(result))
+            complete.append(binary)
+        # Every file is published (or discarded) before any on_commit runs, so that a callback
+        # that raises cannot stop the files after it from being published.
+        callback_error: CommitCallbackError | None = None
+        for binary in complete:
+            assert binary.result is not None
+            try:
+                _notify(binary._on_commit, binary.result)
+            except CommitCallbackError as exc:
+                callback_error = callback_error or exc
         if failure is not None:
             raise BatchError(
                 f"the batch published {len(self._results)} of {len(live)} files before an error"
@@ -289,6 +302,8 @@ class AtomicBatch:
             ) from failure
         if short:
             raise short[0]
+        if callback_error is not None:
+            raise callback_error
         return self.results
 
     def discard(self) -> None:

@@ -56,6 +56,17 @@ class CommitResult(Record):
         version: a token for a later conditional write (``if_match=``).
         checksum: ``"sha256:<hex>"`` of the content, where the strategy computes one on the way
             (object stores do; local writes do not, to stay at disk speed).
+        seconds: wall time from opening the write to the commit's return (for a background
+            save, from the ``save`` call to its commit).
+        seconds_blocked: how long the caller was held up: the same as ``seconds`` for a write
+            made in the caller's thread; for a background save, the snapshot (and any wait for
+            a free slot).
+        seconds_background: time spent in a worker thread writing it (0 for a write made in the
+            caller's thread).
+
+    The three timings are telemetry, not identity: they are left out of equality, hashing and
+    ``repr``'s identity part, so two results of the same commit compare equal however long they
+    took.  A result built by hand has all three at 0.
     """
 
     target: str
@@ -64,6 +75,9 @@ class CommitResult(Record):
     bytes_written: int
     version: object
     checksum: str | None
+    seconds: float
+    seconds_blocked: float
+    seconds_background: float
     _fields = ("target", "strategy", "durability", "bytes_written", "version", "checksum")
 
     def __init__(  # noqa: PLR0917 - positional, like the dataclass it was
@@ -74,6 +88,10 @@ class CommitResult(Record):
         bytes_written: int,
         version: object,
         checksum: str | None = None,
+        *,
+        seconds: float = 0.0,
+        seconds_blocked: float | None = None,
+        seconds_background: float = 0.0,
     ) -> None:
         self.__dict__.update(
             target=target,
@@ -82,4 +100,30 @@ class CommitResult(Record):
             bytes_written=bytes_written,
             version=version,
             checksum=checksum,
+            seconds=seconds,
+            seconds_blocked=seconds if seconds_blocked is None else seconds_blocked,
+            seconds_background=seconds_background,
         )
+
+    @property
+    def throughput(self) -> float:
+        """``bytes_written / seconds`` in bytes per second; 0.0 when no time was measured."""
+        return self.bytes_written / self.seconds if self.seconds > 0 else 0.0
+
+    def _timed(
+        self, seconds: float, *, seconds_blocked: float | None = None, seconds_background: float = 0.0
+    ) -> CommitResult:
+        """This result with its timings set (results are immutable: a new one is returned)."""
+        return CommitResult(
+            *self._values(),
+            seconds=seconds,
+            seconds_blocked=seconds_blocked,
+            seconds_background=seconds_background,
+        )
+
+    def __repr__(self) -> str:
+        timings = (
+            f"seconds={self.seconds!r}, seconds_blocked={self.seconds_blocked!r},"
+            f" seconds_background={self.seconds_background!r}"
+        )
+        return f"{super().__repr__()[:-1]}, {timings})"

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from . import torch as _awt
-from ._api import atomic_open
+from ._api import CommitCallback, atomic_open
 from ._errors import UsageError
 from ._local.base import flush_to_disk, replace_symlink
 from ._result import Durability
@@ -174,17 +174,21 @@ class _AtomicCheckpointIOMethods:
         *,
         durability: Durability = "full",
         storage_options: Mapping[str, Any] | None = None,
+        on_commit: CommitCallback | None = None,
     ) -> None:
         super().__init__()
+        if on_commit is not None and not callable(on_commit):
+            raise UsageError(f"on_commit must be a callable taking the CommitResult, not {on_commit!r}")
         self.durability: Durability = durability
         self.storage_options: dict[str, Any] = dict(storage_options or {})
+        self.on_commit = on_commit
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | os.PathLike[str], storage_options: Any | None = None
     ) -> None:
         """Write ``checkpoint`` to ``path`` all or nothing (``storage_options`` go to fsspec)."""
         text, options = self._prepare_save(path, storage_options)
-        _awt.save(checkpoint, text, storage_options=options, durability=self.durability)
+        _awt.save(checkpoint, text, storage_options=options, durability=self.durability, on_commit=self.on_commit)
 
     def _prepare_save(
         self, path: str | os.PathLike[str], storage_options: Any | None
@@ -229,9 +233,10 @@ class _AtomicAsyncCheckpointIOMethods(_AtomicCheckpointIOMethods):
         max_pending: int = 2,
         durability: Durability = "full",
         storage_options: Mapping[str, Any] | None = None,
+        on_commit: CommitCallback | None = None,
     ) -> None:
-        super().__init__(durability=durability, storage_options=storage_options)
-        self.saver = _awt.AsyncSaver(max_pending=max_pending, durability=durability)
+        super().__init__(durability=durability, storage_options=storage_options, on_commit=on_commit)
+        self.saver = _awt.AsyncSaver(max_pending=max_pending, durability=durability, on_commit=on_commit)
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | os.PathLike[str], storage_options: Any | None = None
@@ -261,7 +266,8 @@ class _AtomicAsyncCheckpointIOMethods(_AtomicCheckpointIOMethods):
         self.saver.wait()
 
     def teardown(self) -> None:
-        """Called by Lightning when fitting ends: the queued saves are finished first."""
+        """Called by Lightning when fitting ends: the queued saves are finished, and a failed one
+        (or a failed ``on_commit``) that was not reported yet raises here."""
         self.saver.wait()
 
 
@@ -341,17 +347,19 @@ def _checkpoint_io_classes(namespace: Namespace) -> tuple[type[Any], type[Any]]:
         _AtomicCheckpointIOMethods,
         module.CheckpointIO,
         "A ``CheckpointIO`` whose saves are all or nothing (`atomicwrite.torch.save`).\n\n"
-        "``AtomicCheckpointIO(durability='full', storage_options=None)``: ``storage_options`` (fsspec options of an\n"
-        "object store) are merged with those given to each ``save_checkpoint``.",
+        "``AtomicCheckpointIO(durability='full', storage_options=None, on_commit=None)``: ``storage_options``\n"
+        "(fsspec options of an object store) are merged with those given to each ``save_checkpoint``;\n"
+        "``on_commit(result)`` is called with each save's ``CommitResult``.",
     )
     asynchronous = _public_class(
         "AtomicAsyncCheckpointIO",
         _AtomicAsyncCheckpointIOMethods,
         module.CheckpointIO,
         "`AtomicCheckpointIO` with its saves written in a worker thread from a CPU snapshot.\n\n"
-        "``AtomicAsyncCheckpointIO(max_pending=2, durability='full', storage_options=None)``: removals (and\n"
-        "``AtomicModelCheckpoint``'s last links) wait for the saves queued before them; a failed save raises from\n"
-        "the next save, removal or teardown.",
+        "``AtomicAsyncCheckpointIO(max_pending=2, durability='full', storage_options=None, on_commit=None)``:\n"
+        "the checkpoint is snapshotted before ``save_checkpoint`` returns; removals (and ``AtomicModelCheckpoint``'s\n"
+        "last links) run only once the saves queued before them committed, never after one failed; a failed save\n"
+        "raises from the next save, removal or teardown; ``on_commit(result)`` runs in the worker thread.",
     )
     return sync, asynchronous
 

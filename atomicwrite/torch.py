@@ -36,6 +36,8 @@ import struct
 import sys
 import tempfile
 import threading
+import time
+import traceback
 import weakref
 import zipfile
 import zlib
@@ -44,8 +46,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import IO, Any, Literal, TypeVar, overload
 
-from ._api import Target, atomic_open
-from ._errors import AtomicWriteError, UsageError
+from ._api import CommitCallback, Target, _notify, atomic_open
+from ._errors import AtomicWriteError, CommitCallbackError, UsageError
 from ._result import CommitResult, Durability
 from ._serializers import Serializer
 from ._strategy import WriteOptions, resolve_target, split_protocol
@@ -130,6 +132,7 @@ def save(
     storage_options: Mapping[str, Any] | None = ...,
     durability: Durability = ...,
     background: Literal[False] = ...,
+    on_commit: CommitCallback | None = ...,
     **torch_save_kwargs: Any,
 ) -> CommitResult: ...
 
@@ -142,6 +145,7 @@ def save(
     storage_options: Mapping[str, Any] | None = ...,
     durability: Durability = ...,
     background: Literal[True],
+    on_commit: CommitCallback | None = ...,
     **torch_save_kwargs: Any,
 ) -> Future[CommitResult]: ...
 
@@ -153,6 +157,7 @@ def save(
     storage_options: Mapping[str, Any] | None = None,
     durability: Durability = "full",
     background: bool = False,
+    on_commit: CommitCallback | None = None,
     **torch_save_kwargs: Any,
 ) -> CommitResult | Future[CommitResult]:
     """``torch.save(obj, ...)`` into an all-or-nothing write of ``target`` (a path or URL).
@@ -166,13 +171,25 @@ def save(
     With ``background=True`` the tensors are copied to CPU memory now and the write happens in
     the worker thread of a process-wide `AsyncSaver`: the call returns a
     ``concurrent.futures.Future`` of the `CommitResult` (see `AsyncSaver.save`).
+
+    ``on_commit(result)`` is called once the checkpoint is committed, as by
+    [`atomic_open`][atomicwrite.atomic_open] (in the worker thread for a background save).
     """
     _check_save_kwargs(torch_save_kwargs)
     if background:
         return _default_saver().save(
-            obj, target, storage_options=storage_options, durability=durability, **torch_save_kwargs
+            obj,
+            target,
+            storage_options=storage_options,
+            durability=durability,
+            on_commit=on_commit,
+            **torch_save_kwargs,
         )
-    return _save_now(obj, target, storage_options, durability, torch_save_kwargs)
+    if on_commit is not None and not callable(on_commit):
+        raise UsageError(f"on_commit must be a callable taking the CommitResult, not {on_commit!r}")
+    result = _save_now(obj, target, storage_options, durability, torch_save_kwargs)
+    _notify(on_commit, result)
+    return result
 
 
 def _check_save_kwargs(torch_save_kwargs: Mapping[str, Any]) -> None:
@@ -236,8 +253,10 @@ class _Snapshot:
     """A copy of a checkpoint whose tensors live in CPU memory the caller no longer touches.
 
     Containers (dicts, lists, tuples) are copied, tensors are copied storage by storage (so views
-    that shared a storage still share one, as ``torch.save`` records them), and every other
-    object is kept by reference.
+    that shared a storage still share one, as ``torch.save`` records them), numpy arrays and
+    bytearrays are copied, and every other object is kept by reference (an object of another
+    class that holds tensors is *not* snapshotted: changing its tensors before the write ends
+    changes the checkpoint).
     """
 
     def __init__(self, pool: _PinnedPool) -> None:
@@ -270,6 +289,10 @@ class _Snapshot:
             if hasattr(obj, "_fields"):  # a namedtuple
                 return type(obj)(*items)
             return type(obj)(items) if type(obj) is not tuple else tuple(items)
+        if type(obj).__name__ == "ndarray" and type(obj).__module__ == "numpy":
+            return obj.copy()  # numpy state (RNG states, metrics) can be changed in place too
+        if isinstance(obj, bytearray):
+            return bytearray(obj)
         return obj
 
     def _tensor(self, tensor: Any) -> Any:
@@ -329,11 +352,14 @@ class AsyncSaver:
     target commit in that order.  At most ``max_pending`` snapshots wait in memory: a further
     `save` blocks until one is written.
 
-    A failed save raises from its future and, once, from the next `save`, `then` or `wait` of
-    this saver, so that an error cannot pass unnoticed.  `then` queues an action (removing an
-    old checkpoint, pointing a link at a new one) that runs only once the saves queued before
-    it have committed.  The worker thread is not a daemon: a process that exits normally
-    finishes the saves it started.
+    A failed save raises from its future and, once, from the next `save`, `then`, `wait` or
+    `close` (so ``with AsyncSaver() as saver:`` raises it on leaving the block), so that an
+    error cannot pass unnoticed; one that is still unreported when the interpreter exits is
+    printed on stderr.  `then` queues an action (removing an old checkpoint, pointing a link at
+    a new one) that runs only once the saves queued before it have committed with their
+    durability, and never after one of them failed.  The worker thread is not a daemon: a
+    process that exits normally finishes the saves it started.  ``on_commit(result)`` is called
+    in the worker after each save commits (see `save`).
     """
 
     def __init__(
@@ -342,10 +368,14 @@ class AsyncSaver:
         max_pending: int = 2,
         durability: Durability = "full",
         storage_options: Mapping[str, Any] | None = None,
+        on_commit: CommitCallback | None = None,
     ) -> None:
         if max_pending < 1:
             raise UsageError(f"max_pending must be at least 1, not {max_pending!r}")
+        if on_commit is not None and not callable(on_commit):
+            raise UsageError(f"on_commit must be a callable taking the CommitResult, not {on_commit!r}")
         self.max_pending = max_pending
+        self.on_commit = on_commit
         self.durability: Durability = durability
         self.storage_options = dict(storage_options or {})
         self._slots = threading.BoundedSemaphore(max_pending)
@@ -371,19 +401,29 @@ class AsyncSaver:
         *,
         storage_options: Mapping[str, Any] | None = None,
         durability: Durability | None = None,
+        on_commit: CommitCallback | None = None,
         **torch_save_kwargs: Any,
     ) -> Future[CommitResult]:
         """Snapshot ``obj``'s tensors to CPU now; write it to ``target`` in the worker.
 
-        Returns a future of the `CommitResult`.  Raises here (before queueing anything) the
-        error of an earlier save that was not reported yet.  ``storage_options`` and
-        ``durability`` default to the saver's.
+        Returns a future of the `CommitResult`, whose ``seconds_blocked`` is the time this call
+        took (the snapshot, and any wait for a free slot) and ``seconds_background`` the time
+        the worker spent writing.  Raises here (before queueing anything) the error of an
+        earlier save that was not reported yet.  ``storage_options``, ``durability`` and
+        ``on_commit`` default to the saver's; ``on_commit`` runs in the worker thread, after the
+        commit, and an exception from it is reported like a failed save (as a
+        `atomicwrite.CommitCallbackError`), though the checkpoint stays committed and the
+        future holds its result.
         """
+        called = time.perf_counter()
         _check_save_kwargs(torch_save_kwargs)
+        if on_commit is not None and not callable(on_commit):
+            raise UsageError(f"on_commit must be a callable taking the CommitResult, not {on_commit!r}")
         self._check_usable()
         self._raise_unreported()
         options = self.storage_options if storage_options is None else storage_options
         level: Durability = self.durability if durability is None else durability
+        callback = self.on_commit if on_commit is None else on_commit
         self._slots.acquire()
         try:
             snapshot = _Snapshot(self._pool)
@@ -392,16 +432,26 @@ class AsyncSaver:
             self._slots.release()
             raise
         future: Future[CommitResult] = Future()
+        blocked = time.perf_counter() - called
 
         def write() -> None:
+            started = time.perf_counter()
             try:
                 if snapshot.copy_done is not None:
                     snapshot.copy_done.synchronize()
-                result = _save_now(copied, target, options, level, torch_save_kwargs)
+                written = _save_now(copied, target, options, level, torch_save_kwargs)
+                finished = time.perf_counter()
+                result = written._timed(
+                    finished - called, seconds_blocked=blocked, seconds_background=finished - started
+                )
             except BaseException as exc:
                 self._failed(exc)
                 future.set_exception(exc)
             else:
+                try:
+                    _notify(callback, result)
+                except CommitCallbackError as exc:
+                    self._failed(exc)
                 future.set_result(result)
             finally:
                 self._pool.give_back(snapshot.pinned)
@@ -463,13 +513,18 @@ class AsyncSaver:
     def __enter__(self) -> AsyncSaver:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        if exc_info[0] is None:
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
             self.close()
-        else:
-            # Already unwinding: finish the writes, but do not mask the exception.
-            with contextlib.suppress(BaseException):
-                self.close()
+            return
+        # Already unwinding: finish the writes without masking that exception, but say on it
+        # that a save failed too, rather than drop the save's error.
+        try:
+            self.close()
+        except BaseException as save_error:
+            add_note = getattr(exc, "add_note", None)  # Python 3.11+
+            if add_note is not None:
+                add_note(f"atomicwrite: a background save failed as well: {save_error!r}")
 
     def _check_usable(self) -> None:
         if self._closed:
@@ -519,9 +574,20 @@ def _default_saver() -> AsyncSaver:
 
 @atexit.register
 def _finish_saves() -> None:
+    # Non-daemon workers have finished by now (the interpreter joins them before atexit runs);
+    # what is left to do is to make an error nobody collected visible.  An atexit handler cannot
+    # change the exit status, and ending the process from here would skip the handlers of other
+    # libraries (log flushing, coverage), so the error goes to stderr.
     for saver in list(_savers):
-        with contextlib.suppress(BaseException):
+        try:
             saver.wait()
+        except BaseException as exc:
+            print(
+                "atomicwrite: a background checkpoint save failed and its error was never collected"
+                " (call AsyncSaver.wait() or close() to raise it):",
+                file=sys.stderr,
+            )
+            traceback.print_exception(exc, file=sys.stderr)
 
 
 # --- where a target lives -------------------------------------------------------------------
