@@ -36,7 +36,16 @@ from .._result import CommitResult
 from .._stores.base import ObjectStoreStrategy
 from .._strategy import WriteOptions, resolve_target
 
-__all__ = ["Check", "DoctorReport", "Guarantee", "diagnose", "filesystem_type"]
+__all__ = [
+    "Check",
+    "DoctorReport",
+    "Guarantee",
+    "diagnose",
+    "filesystem_type",
+    "mount_notes",
+    "mount_options",
+    "parse_mountinfo",
+]
 
 Status = Literal["yes", "no", "n/a", "info"]
 
@@ -71,6 +80,7 @@ FS_MAGIC: dict[int, str] = {
     0x5A3C69F0: "aufs",
     0x6E667364: "nfsd",
 }
+FUSE_SUPER_MAGIC = 0x65735546
 _MEMORY_BACKED = {"tmpfs", "ramfs", "devtmpfs"}
 _NETWORK = {"nfs", "nfs4", "cifs", "smb2", "smb3", "smbfs", "9p", "vboxsf", "ceph", "lustre", "gfs2", "drvfs"}
 
@@ -188,7 +198,7 @@ def filesystem_type(path: str) -> dict[str, Any]:
     (``/proc/self/mountinfo``: "ext4" where the magic number only says ext2/3/4), else the name
     of the magic number.  Elsewhere both may be None.
     """
-    info: dict[str, Any] = {"type": None, "magic": None, "mount_point": None, "source": None}
+    info: dict[str, Any] = {"type": None, "magic": None, "mount_point": None, "source": None, "options": ""}
     if sys.platform == "linux":
         magic = _statfs_magic(path)
         if magic is not None:
@@ -196,7 +206,7 @@ def filesystem_type(path: str) -> dict[str, Any]:
             info["type"] = FS_MAGIC.get(magic)
         mount = _mount_of(path)
         if mount is not None:
-            info["mount_point"], fstype, info["source"] = mount
+            info["mount_point"], fstype, info["source"], info["options"] = mount
             info["type"] = fstype
     return info
 
@@ -219,9 +229,9 @@ def _statfs_magic(path: str) -> int | None:
     return magic & 0xFFFFFFFF
 
 
-def _mount_of(path: str) -> tuple[str, str, str] | None:
-    """``(mount point, fstype, source)`` from /proc/self/mountinfo: the entry whose device is
-    ``path``'s, else the longest mount point that contains it."""
+def _mount_of(path: str) -> tuple[str, str, str, str] | None:
+    """``(mount point, fstype, source, options)`` from /proc/self/mountinfo: the entry whose
+    device is ``path``'s, else the longest mount point that contains it."""
     if sys.platform == "win32":
         return None
     try:
@@ -231,17 +241,15 @@ def _mount_of(path: str) -> tuple[str, str, str] | None:
     except OSError:
         return None
     real = os.path.realpath(path)
-    by_device: list[tuple[str, str, str]] = []
-    by_prefix: list[tuple[str, str, str]] = []
+    by_device: list[tuple[str, str, str, str]] = []
+    by_prefix: list[tuple[str, str, str, str]] = []
     for line in lines:
-        left, sep, right = line.partition(" - ")
-        fields, tail = left.split(), right.split()
-        if not sep or len(fields) < 5 or len(tail) < 2:
+        parsed = parse_mountinfo(line)
+        if parsed is None:
             continue
-        point = fields[4].encode().decode("unicode_escape")  # \040 for spaces and the like
-        entry = (point, tail[0], tail[1])
-        major, _, minor = fields[2].partition(":")
-        if (int(major), int(minor)) == (os.major(device), os.minor(device)) and _contains(point, real):
+        (major, minor), entry = parsed
+        point = entry[0]
+        if (major, minor) == (os.major(device), os.minor(device)) and _contains(point, real):
             by_device.append(entry)
         if _contains(point, real):
             by_prefix.append(entry)
@@ -252,8 +260,166 @@ def _mount_of(path: str) -> tuple[str, str, str] | None:
     return None
 
 
+def parse_mountinfo(line: str) -> tuple[tuple[int, int], tuple[str, str, str, str]] | None:
+    """One line of /proc/self/mountinfo (proc(5)) as ``((major, minor), (mount point, fstype,
+    source, options))``, None if malformed.  ``options`` joins the mount's options and the file
+    system's (where NFS keeps ``nolock``, ``local_lock=``, ``vers=``)."""
+    left, sep, right = line.partition(" - ")
+    fields, tail = left.split(), right.split()
+    if not sep or len(fields) < 6 or len(tail) < 2:
+        return None
+    major, _, minor = fields[2].partition(":")
+    if not (major.isdigit() and minor.isdigit()):
+        return None
+    point = fields[4].encode().decode("unicode_escape")  # \040 for spaces and the like
+    options = ",".join([fields[5], *tail[2:3]])
+    return (int(major), int(minor)), (point, tail[0], tail[1], options)
+
+
 def _contains(mount_point: str, path: str) -> bool:
     return path == mount_point or path.startswith(mount_point.rstrip("/") + "/")
+
+
+# --- network and cluster file systems ---------------------------------------------------------
+
+
+def mount_options(text: str) -> dict[str, str | None]:
+    """``"rw,vers=3,nolock"`` -> ``{"rw": None, "vers": "3", "nolock": None}``."""
+    options: dict[str, str | None] = {}
+    for word in text.split(","):
+        if word:
+            name, has_value, value = word.partition("=")
+            options[name] = value if has_value else None
+    return options
+
+
+@dataclass(frozen=True)
+class _MountRule:
+    fstypes: frozenset[str]
+    applies: Callable[[Mapping[str, str | None]], bool]
+    key: str
+    label: str
+    holds: bool | None
+    detail: str
+
+
+_NFS = frozenset({"nfs", "nfs4"})
+_LUSTRE = frozenset({"lustre"})
+_UNTESTED = " (not tested on a real server: what the protocol promises)"
+
+
+def _always(options: Mapping[str, str | None]) -> bool:
+    return True
+
+
+def _local_only_locks(options: Mapping[str, str | None]) -> bool:
+    return "nolock" in options or options.get("local_lock") in ("flock", "all")
+
+
+def _nfs_v3(options: Mapping[str, str | None]) -> bool:
+    return str(options.get("vers") or options.get("nfsvers") or "").split(".")[0] in ("2", "3")
+
+
+# The first rule of each key that applies wins: specific cases come before the general one.
+_MOUNT_RULES: tuple[_MountRule, ...] = (
+    _MountRule(
+        _NFS,
+        _always,
+        "nfs_commit",
+        "NFS: durable at commit",
+        None,
+        "the temp file is fsynced (NFS COMMIT) before the rename, so errors the server defers to"
+        " fsync or close (ENOSPC, EDQUOT) stop the write before anything is published; RENAME is one"
+        " server operation, committed before it is answered unless the export is 'async'"
+        " (exports(5)), which no client can see" + _UNTESTED,
+    ),
+    _MountRule(
+        _NFS,
+        lambda options: "nocto" in options,
+        "nfs_visibility",
+        "NFS: other clients read the new file",
+        False,
+        "nocto: readers on other clients may keep reading cached pages of the old file",
+    ),
+    _MountRule(
+        _NFS,
+        _always,
+        "nfs_visibility",
+        "NFS: other clients read the new file",
+        None,
+        "close-to-open: a reader on another client that opens the name after the rename gets the new"
+        " file, but may see the old name until its lookup cache expires (actimeo, lookupcache)" + _UNTESTED,
+    ),
+    _MountRule(
+        _NFS,
+        _local_only_locks,
+        "locks_across_hosts",
+        "locks across hosts",
+        False,
+        "nolock / local_lock: flock is local to this client, so lock=True and sweep's liveness check"
+        " do not see writers on other hosts",
+    ),
+    _MountRule(
+        _NFS,
+        _always,
+        "locks_across_hosts",
+        "locks across hosts",
+        None,
+        "flock goes to the server as a whole-file lock (NLM for NFSv3, NFSv4 locks)" + _UNTESTED,
+    ),
+    _MountRule(
+        _NFS,
+        _nfs_v3,
+        "nfs_exclusive_create",
+        "NFSv3: exclusive create",
+        None,
+        "made by link(2): LINK is atomic on the server, but a retransmitted LINK may answer EEXIST"
+        " for a link it made" + _UNTESTED,
+    ),
+    _MountRule(
+        _LUSTRE,
+        lambda options: "noflock" in options,
+        "locks_across_hosts",
+        "locks across hosts",
+        False,
+        "noflock: flock is refused, so sweep falls back to pid and age",
+    ),
+    _MountRule(
+        _LUSTRE,
+        lambda options: "localflock" in options,
+        "locks_across_hosts",
+        "locks across hosts",
+        False,
+        "localflock: flock is local to this client; lock=True does not exclude writers on other clients",
+    ),
+    _MountRule(
+        _LUSTRE,
+        lambda options: "flock" in options,
+        "locks_across_hosts",
+        "locks across hosts",
+        None,
+        "flock: locks are coherent across clients" + _UNTESTED,
+    ),
+    _MountRule(
+        _LUSTRE,
+        _always,
+        "locks_across_hosts",
+        "locks across hosts",
+        None,
+        "no flock, localflock or noflock shown: the Lustre version's default decides (the flock probe"
+        " above speaks for this client only)",
+    ),
+)
+
+
+def mount_notes(fstype: str, options: Mapping[str, str | None]) -> list[Guarantee]:
+    """What a network or cluster file system's type and mount options change in the guarantee
+    matrix; empty for any other file system."""
+    notes: dict[str, Guarantee] = {}
+    for rule in _MOUNT_RULES:
+        if fstype in rule.fstypes and rule.key not in notes and rule.applies(options):
+            notes[rule.key] = Guarantee(rule.key, rule.label, rule.holds, rule.detail)
+    return list(notes.values())
 
 
 def _probe_directory(strategy: LocalStrategy, location: str, target: str) -> str:
@@ -287,6 +453,12 @@ def _probe_local(report: DoctorReport, strategy: LocalStrategy, directory: str, 
     if fs["mount_point"]:
         detail += f", mounted on {fs['mount_point']}"
     add(Check("filesystem", "file system", "info", detail, fs))
+    notes = mount_notes(fstype, mount_options(fs["options"]))
+    if notes:
+        add(
+            Check("mount_options", "mount options", "info", fs["options"] or "none shown", mount_options(fs["options"]))
+        )
+    stuck = _probe_overlay(report, directory, fs) if _is_overlay(fs) else None
 
     # The real protocol first: everything else explains what it found.
     first = scratch.new()
@@ -357,6 +529,73 @@ def _probe_local(report: DoctorReport, strategy: LocalStrategy, directory: str, 
     usage = shutil.disk_usage(directory)
     add(Check("free_space", "free space", "info", f"{_size(usage.free)} of {_size(usage.total)}", usage.free))
     _local_guarantees(report, strategy, fstype, written)
+    report.guarantees.extend(notes)
+    if any(note.key == "locks_across_hosts" and note.holds is False for note in notes):
+        report.recommendations.append(
+            "locks here are local to this host: let one host write each target, or mount with locking"
+        )
+    if stuck is not None:
+        _overlay_guarantee(report, stuck)
+
+
+# At most this many subdirectories are probed for a lower layer: each probe is a few calls.
+_OVERLAY_SCAN = 200
+
+
+def _is_overlay(fs: Mapping[str, Any]) -> bool:
+    return fs["type"] in ("overlay", "overlayfs") or fs["magic"] == "0x794c7630"
+
+
+def _probe_overlay(report: DoctorReport, directory: str, fs: Mapping[str, Any]) -> list[str]:
+    """The directories at and right under ``directory`` that overlayfs cannot rename (they come
+    from a lower layer and the mount lacks redirect_dir=on), so that `atomic_directory` cannot
+    replace them; adds the check and the advice."""
+    from .._directories.local import directory_can_move
+
+    candidates = [] if fs["mount_point"] == directory else [directory]  # a mount point never moves
+    with contextlib.suppress(OSError), os.scandir(directory) as entries:
+        for entry in sorted(entries, key=lambda e: e.name):
+            if len(candidates) > _OVERLAY_SCAN:
+                break
+            if entry.is_dir(follow_symlinks=False) and not entry.name.startswith(".atomicwrite-doctor"):
+                candidates.append(entry.path)
+    stuck: list[str] = []
+    for path in candidates:
+        parent, name = os.path.split(path)
+        try:
+            parent_fd = os.open(parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            continue
+        try:
+            if not directory_can_move(parent, parent_fd, name):
+                stuck.append(path)
+        except (OSError, UnsupportedTargetError):
+            continue  # a parent we may not write to: unknown, not claimed either way
+        finally:
+            os.close(parent_fd)
+    label = "overlayfs: directories atomic_directory can replace"
+    if stuck:
+        shown = ", ".join(stuck[:5]) + (f" and {len(stuck) - 5} more" if len(stuck) > 5 else "")
+        detail = f"{len(stuck)} of {len(candidates)} come from a lower layer and cannot be renamed (EXDEV): {shown}"
+        report.checks.append(Check("overlay_directories", label, "no", detail, stuck))
+        report.recommendations.append(
+            "overlayfs renames a lower-layer directory only with redirect_dir=on: atomic_directory refuses to"
+            " replace those listed (OverlayDirectoryError) but can create new ones; put checkpoints on a volume"
+            " or bind mount (docker run -v HOST_DIR:DIR)"
+        )
+    else:
+        detail = f"all {len(candidates)} probed can be renamed (upper layer, or redirect_dir=on)"
+        report.checks.append(Check("overlay_directories", label, "yes", detail, stuck))
+    return stuck
+
+
+def _overlay_guarantee(report: DoctorReport, stuck: list[str]) -> None:
+    detail = (
+        f"not for the {len(stuck)} lower-layer directories listed above (refused before anything is written)"
+        if stuck
+        else "every directory probed can be swapped in one rename"
+    )
+    report.guarantees.append(Guarantee("directory_replace", "atomic_directory replace", not stuck, detail))
 
 
 def _probe_posix_calls(report: DoctorReport, directory: str, scratch: _Scratch, existing: str, other: str) -> None:
@@ -402,15 +641,15 @@ def _probe_posix_calls(report: DoctorReport, directory: str, scratch: _Scratch, 
                 reason = errno.errorcode.get(code, str(code))
                 add(Check("rename_noreplace", "RENAME_NOREPLACE", "no", f"refused ({reason}): link() is used instead"))
             else:
-                moved = strategy.rename_exclusive(dir_fd, existing, fresh) == 0
-                add(
-                    Check(
-                        "rename_noreplace",
-                        "RENAME_NOREPLACE",
-                        "yes" if moved else "no",
-                        "renameat2 refuses an existing name (EEXIST)" if moved else "renameat2 failed on a new name",
-                    )
-                )
+                # The kernel refuses an existing name before the file system sees the call (FUSE
+                # servers without the flag included): only a move to a new name tells.
+                moved = strategy.rename_exclusive(dir_fd, existing, fresh)
+                detail = "renameat2 refuses an existing name (EEXIST)"
+                if moved == errno.ENOSYS:
+                    detail = "refused by this file system for a new name: link() is used instead"
+                elif moved != 0:
+                    detail = f"renameat2 failed on a new name ({errno.errorcode.get(moved, str(moved))})"
+                add(Check("rename_noreplace", "RENAME_NOREPLACE", "yes" if moved == 0 else "no", detail))
             hard = scratch.new()
             try:
                 os.link(other, hard, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
@@ -448,15 +687,38 @@ def _probe_posix_calls(report: DoctorReport, directory: str, scratch: _Scratch, 
                 os.close(fd)
             try:
                 flush_to_disk(dir_fd)
-                add(
-                    Check("dir_fsync", "directory fsync", "yes", "accepted: the new name is flushed with its directory")
-                )
+                if _statfs_magic(directory) == FUSE_SUPER_MAGIC:
+                    # The kernel answers a directory fsync itself, with success, once the FUSE
+                    # server has said it has no fsyncdir (sshfs, gcsfuse): success proves nothing.
+                    detail = "accepted, but on FUSE that may be the kernel's no-op: the server decides"
+                    add(Check("dir_fsync", "directory fsync", "info", detail))
+                else:
+                    detail = "accepted: the new name is flushed with its directory"
+                    add(Check("dir_fsync", "directory fsync", "yes", detail))
             except OSError as exc:
                 if exc.errno not in NO_DIR_FSYNC:
                     raise
                 add(Check("dir_fsync", "directory fsync", "no", f"refused ({_errno_name(exc)})", _errno_name(exc)))
+            add(_directory_rename_check(directory))
         finally:
             os.close(dir_fd)
+
+
+def _directory_rename_check(directory: str) -> Check:
+    """Rename a scratch directory holding one entry: what publishing an atomic_directory does."""
+    first, second = temp_name(_SCRATCH, ".stage"), temp_name(_SCRATCH, ".stage")
+    os.mkdir(os.path.join(directory, first), 0o700)
+    try:
+        os.mkdir(os.path.join(directory, first, "occupied"), 0o700)
+        try:
+            os.rename(os.path.join(directory, first), os.path.join(directory, second))
+        except OSError as exc:
+            detail = f"refused ({_errno_name(exc)}): atomic_directory refuses before writing"
+            return Check("dir_rename", "rename of a non-empty directory", "no", detail)
+        return Check("dir_rename", "rename of a non-empty directory", "yes", "atomic_directory publishes by it")
+    finally:
+        for name in (first, second):
+            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
 
 
 def _atomic_write(
@@ -471,6 +733,13 @@ def _atomic_write(
 def _race_check(key: str, label: str, theirs: str, path: str, if_match: object | None) -> Check:
     """The check of a conditional write (exclusive without ``if_match``) that another writer
     beats between its start and its commit: it holds if the other writer's ``theirs`` is kept."""
+    if if_match is None:
+        try:
+            # A plain exclusive create first: without RENAME_NOREPLACE and link(2) it is refused.
+            _atomic_write(path, _PAYLOAD, mode="xb")
+        except UnsupportedTargetError:
+            return Check(key, label, "no", "refused: neither RENAME_NOREPLACE nor link(2) here")
+        os.unlink(path)
     held = _loses_race(path, "xb" if if_match is None else "wb", if_match)
     if held:
         return Check(key, label, "yes", f"refused at commit: a {theirs} meanwhile was kept")
@@ -535,6 +804,9 @@ def _local_guarantees(report: DoctorReport, strategy: LocalStrategy, fstype: str
             " keep checkpoints on persistent storage"
         )
         report.options["durability"] = "none"
+    elif written.durability == "full" and _status(report, "dir_fsync") == "info":
+        detail = f"{fstype}: file fsync, and a directory fsync the FUSE server may ignore (sshfs, gcsfuse)"
+        add(Guarantee("durable", "durable", None, detail))
     elif written.durability == "full":
         add(Guarantee("durable", "durable", True, "file and directory fsync"))
     else:
@@ -546,7 +818,18 @@ def _local_guarantees(report: DoctorReport, strategy: LocalStrategy, fstype: str
     how = "renameat2(RENAME_NOREPLACE)" if yes("rename_noreplace") else "link(2)"
     if yes("o_tmpfile") and sys.platform == "linux":
         how = "linkat(2) of the O_TMPFILE"
-    add(Guarantee("exclusive_create", "exclusive create", exclusive, how if exclusive else "not honoured here"))
+    if not exclusive and not yes("rename_noreplace") and not yes("hard_links"):
+        how = "refused (UnsupportedTargetError): neither RENAME_NOREPLACE nor link(2) here"
+    elif not exclusive:
+        how = "not honoured here"
+    add(Guarantee("exclusive_create", "exclusive create", exclusive, how))
+    if _status(report, "dir_rename") is not None:
+        renames = yes("dir_rename")
+        detail = "published by renaming the staging directory"
+        if not renames:
+            detail = "refused before writing (UnsupportedTargetError): no rename of a non-empty directory"
+            advise("atomic_directory and CheckpointStore need a directory rename: use a local disk or the store's URL")
+        add(Guarantee("directories", "atomic_directory", renames, detail))
     cas = yes("compare_and_swap")
     add(
         Guarantee(

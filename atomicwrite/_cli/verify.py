@@ -16,7 +16,10 @@ Checks, each run where it applies:
   producer (the sidecar) also proves the producer sent everything it meant to;
 * a directory published by ``atomic_directory`` is checked against its manifest (every file
   present, sizes and SHA-256 match, nothing unlisted); a ``CheckpointStore`` root is checked by
-  the generation its ``latest`` pointer names.
+  the generation its ``latest`` pointer names;
+* a directory without a manifest of ours is judged by the convention of the tool that wrote it,
+  if one recognises it (Orbax, torch.distributed.checkpoint, DeepSpeed, NeMo: see
+  `atomicwrite._cli.peers`), and a file by NeMo's ``-unfinished`` marker beside it.
 
 A file that no check applies to is *unverified*, which is not the same as intact.
 """
@@ -85,32 +88,47 @@ def verify(target: str, *, storage_options: Mapping[str, Any] | None = None, ful
     except FileNotFoundError:
         raise TargetNotFoundError(2, f"cannot verify {target!r}: no such file or object", target) from None
     if info.get("type") == "directory":
-        return _verify_directory(target, options)
+        return _verify_directory(target, options, fs, path)
     report = VerifyReport(target, "file")
     report.checks.append(_torch_check(target, options, full, info))
     report.checks.append(_recorded_checksum(target, fs, path, info))
+    from .peers import nemo_check
+
+    report.checks.extend(CheckResult(*finding) for finding in nemo_check(fs, path, split_protocol(target)[0]) or [])
     return report
 
 
-def _verify_directory(target: str, options: Mapping[str, Any]) -> VerifyReport:
+def _verify_directory(target: str, options: Mapping[str, Any], fs: Any, path: str) -> VerifyReport:
     """A directory published by ``atomic_directory`` is checked against its manifest; a
-    ``CheckpointStore`` root, by the generation its ``latest`` pointer names."""
+    ``CheckpointStore`` root, by the generation its ``latest`` pointer names; anything else by
+    the first other tool's convention that recognises it (`atomicwrite._cli.peers`)."""
     from .._directories.generations import CheckpointStore
     from .._directories.reading import verify_directory
 
     result = verify_directory(target, storage_options=options)
     kind, where = "directory", ""
-    if result.manifest is None and result.problems[0].kind == "no-manifest":
+    # On a store a prefix without a manifest reads as "no-directory"; fs.info found it.
+    unpublished = result.manifest is None and result.problems[0].kind in ("no-manifest", "no-directory")
+    if unpublished:
         store = CheckpointStore(target, storage_options=options)
         named = store.pointer()
         if named is not None:
             result = store.verify(named)
             kind, where = "checkpoint store", f"latest is {named}, which "
+            unpublished = False
     report = VerifyReport(target, kind)
     if result.manifest is None:
         problem = result.problems[0]
-        if problem.kind == "no-manifest":
-            # No manifest, no pointer: nothing here says what complete would look like.
+        if unpublished:
+            from .peers import recognise
+
+            judged = recognise(fs, path, split_protocol(target)[0])
+            if judged is not None:
+                tool, findings = judged
+                report.kind = f"checkpoint by {tool}'s convention"
+                report.checks.extend(CheckResult(*finding) for finding in findings)
+                return report
+            # No manifest, no pointer, no other tool's marker: nothing says what complete is.
             report.checks.append(CheckResult("manifest", None, problem.detail))
         else:
             report.checks.append(CheckResult("manifest", False, problem.detail))
