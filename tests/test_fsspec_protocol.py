@@ -20,7 +20,7 @@ import textwrap
 import time
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,18 @@ def local_files(directory: Path) -> dict[str, bytes]:
     return {
         str(path.relative_to(directory)): path.read_bytes() for path in sorted(directory.rglob("*")) if path.is_file()
     }
+
+
+def inner_store(
+    store: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> tuple[str, dict[str, Any], Callable[[], dict[str, bytes]]]:
+    """The inner URL base for ``store`` ("local" or "s3", moto's server), its storage options
+    the fsspec way, and a function listing everything stored there with its bytes."""
+    if store == "local":
+        return f"file://{tmp_path}", {}, lambda: local_files(tmp_path)
+    config = request.getfixturevalue("s3_config")
+    prefix = request.getfixturevalue("s3_prefix")
+    return f"s3://{prefix}", {"s3": config}, lambda: s3_objects(config, prefix)
 
 
 def fail_storage_after(monkeypatch: Any, limit: int) -> None:
@@ -385,14 +397,7 @@ def failing_parquet_writer(monkeypatch: Any) -> None:
 def test_pandas_parquet_and_csv(store: str, tmp_path: Path, monkeypatch: Any, request: pytest.FixtureRequest) -> None:
     pd = pytest.importorskip("pandas")
     pytest.importorskip("pyarrow")
-    if store == "local":
-        base, options = f"file://{tmp_path}", {}
-        snapshot = lambda: local_files(tmp_path)  # noqa: E731
-    else:
-        config = request.getfixturevalue("s3_config")
-        prefix = request.getfixturevalue("s3_prefix")
-        base, options = f"s3://{prefix}", {"s3": config}
-        snapshot = lambda: s3_objects(config, prefix)  # noqa: E731
+    base, options, snapshot = inner_store(store, tmp_path, request)
     parquet, csv = f"atomic::{base}/metrics.parquet", f"atomic::{base}/metrics.csv"
     old = frame(500, 0)
     old.to_parquet(parquet, storage_options=options)
@@ -512,14 +517,7 @@ def test_dcp_fsspec_writer(store: str, tmp_path: Path, monkeypatch: Any, request
     from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
     from torch.distributed.checkpoint.api import CheckpointException
 
-    if store == "local":
-        base, options = f"file://{tmp_path}", {}
-        snapshot = lambda: local_files(tmp_path)  # noqa: E731
-    else:
-        config = request.getfixturevalue("s3_config")
-        prefix = request.getfixturevalue("s3_prefix")
-        base, options = f"s3://{prefix}", {"s3": config}
-        snapshot = lambda: s3_objects(config, prefix)  # noqa: E731
+    base, options, snapshot = inner_store(store, tmp_path, request)
     warnings.filterwarnings("ignore", message=".*torch.distributed.*", category=UserWarning)
 
     def save(step: int, state: dict[str, Any]) -> None:
