@@ -30,7 +30,7 @@ from .._errors import (
     TargetNotFoundError,
     UnsupportedTargetError,
 )
-from .._local.base import LocalStrategy
+from .._local.base import LocalStrategy, statfs_magic
 from .._names import temp_name
 from .._result import CommitResult
 from .._stores.base import ObjectStoreStrategy
@@ -212,21 +212,14 @@ def filesystem_type(path: str) -> dict[str, Any]:
 
 
 def _statfs_magic(path: str) -> int | None:
-    import ctypes
-
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        statfs = libc.statfs
-    except (OSError, AttributeError):
+        fd = os.open(path, getattr(os, "O_PATH", os.O_RDONLY) | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
         return None
-    # struct statfs starts with f_type (a long on every Linux ABI); 256 bytes covers the rest.
-    buffer = ctypes.create_string_buffer(256)
-    statfs.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
-    statfs.restype = ctypes.c_int
-    if statfs(os.fsencode(path), buffer) != 0:
-        return None
-    magic = ctypes.c_ulong.from_buffer(buffer).value
-    return magic & 0xFFFFFFFF
+    try:
+        return statfs_magic(fd)
+    finally:
+        os.close(fd)
 
 
 def _mount_of(path: str) -> tuple[str, str, str, str] | None:

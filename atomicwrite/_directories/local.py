@@ -95,9 +95,10 @@ class LocalTransaction(DirectoryTransaction):
         try:
             old = self._existing()
             self._check_target(old)
-            if old is not None and stat.S_ISDIR(old.st_mode) and on_overlay(self._dir_fd):
+            magic = statfs_magic(self._dir_fd)
+            if magic == OVERLAYFS_SUPER_MAGIC and old is not None and stat.S_ISDIR(old.st_mode):
                 self._refuse_unmovable()
-            elif _on_fuse(self._dir_fd):
+            elif magic == FUSE_SUPER_MAGIC:
                 self._refuse_without_directory_rename()
             while True:
                 candidate = temp_name(self._name, ".stage")
@@ -422,11 +423,6 @@ def _occupied_probe(parent: str, dir_fd: int, name: str) -> Iterator[str]:
 def on_overlay(dir_fd: int) -> bool:
     """Whether ``dir_fd`` is a directory of an overlayfs mount (fstatfs(2), Linux only)."""
     return statfs_magic(dir_fd) == OVERLAYFS_SUPER_MAGIC
-
-
-def _on_fuse(dir_fd: int) -> bool:
-    """Whether ``dir_fd`` is a directory of a FUSE mount (fstatfs(2), Linux only)."""
-    return statfs_magic(dir_fd) == FUSE_SUPER_MAGIC
 
 
 def _flock(fd: int, *, blocking: bool) -> bool:
