@@ -259,6 +259,11 @@ def rank(output: str, mode: str) -> None:
         + "\n"
     )
     sys.stdout.flush()
+    # Leave the group together and tear it down before the interpreter does: a gloo group left
+    # to the interpreter's exit can abort the process from a worker thread still alive then
+    # ("terminate called without an active exception", SIGABRT), after the run itself passed.
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
