@@ -35,7 +35,9 @@ def sweep(
     This includes the staging directories of [`atomic_directory`][atomicwrite.atomic_directory]
     (``.{name}.aw...stage``) and the temp links of a `CheckpointStore` pointer swap
     (``.latest.aw...link``) in a local ``location``, and the unpublished generations under an
-    object-store ``location`` that was given to ``atomic_directory``.
+    object-store ``location`` that was given to ``atomic_directory``; under the root of an
+    object-store `CheckpointStore`, also those of each generation, including the objects of a
+    retired generation whose background delete was interrupted.
 
     Only this library's own leftovers are touched, recognised by their name: never a user's
     file, and never the temp of a writer that is still running.  On this host a writer's
@@ -66,7 +68,13 @@ def sweep(
         from ._directories.store import sweep_generations
 
         fs = strategy.filesystem(options)
-        removed += sweep_generations(fs, fs._strip_protocol(path), seconds, dry_run, strategy.url)
+        root = fs._strip_protocol(path)
+        removed += sweep_generations(fs, root, seconds, dry_run, strategy.url)
+        # A CheckpointStore root: each generation is a directory target of its own.  A retired
+        # one lost its manifest first, so a background delete killed half way leaves objects
+        # that only the generation's own sweep recognises (no manifest names them any more).
+        for generation in _store_generations(fs, root):
+            removed += sweep_generations(fs, generation, seconds, dry_run, strategy.url)
     elif isinstance(strategy, LocalStrategy) and sys.platform != "win32":
         from ._directories.local import DirectoryRenames, sweep_staging
 
@@ -74,3 +82,24 @@ def sweep(
             strategy.sweep_directory(path), seconds, dry_run, strategy.writer_alive, cast("DirectoryRenames", strategy)
         )
     return removed
+
+
+def _store_generations(fs: Any, root: str) -> list[str]:
+    """The generation directories under ``root`` if it is an object-store `CheckpointStore`'s
+    (recognised by its ``latest`` pointer object), else none: only a store's root is searched a
+    level deeper, so that sweeping any other prefix costs one listing, as before."""
+    import json
+
+    from ._directories.generations import POINTER_NAME
+
+    try:
+        record = json.loads(fs.cat_file(f"{root}/{POINTER_NAME}"))
+    except (FileNotFoundError, IsADirectoryError, ValueError, UnicodeDecodeError):
+        return []
+    if not isinstance(record, dict) or not isinstance(record.get("generation"), str):
+        return []
+    try:
+        listing: list[dict[str, Any]] = fs.ls(root, detail=True)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [str(entry["name"]).rstrip("/") for entry in listing if entry.get("type") == "directory"]

@@ -506,3 +506,84 @@ def test_sigkill_during_prune_keeps_latest_and_everything_kept(tmp_path: Path) -
     survivor.get("gen-00000003")
     assert survivor.prune() == ["gen-00000007", "gen-00000008"]
     assert set(survivor.generations()) == kept
+
+
+# --- SIGKILL during a background delete on an object store -------------------------------------
+
+_STORE_PRUNER = """
+import json, os, sys, time
+import atomicwrite._directories.generations as generations
+from atomicwrite import CheckpointStore
+from tests._dirworkers import write_version
+
+root, options, progress = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+real_remove_prefix = generations.remove_prefix
+
+def remove_prefix(fs, prefix):
+    # The retired generation's manifest is already gone: delete half of its objects, then the
+    # parent kills this process.
+    objects = sorted(fs.find(prefix))
+    fs.rm(objects[: len(objects) // 2])
+    with open(progress, "w") as f:
+        f.write(json.dumps(objects))
+    time.sleep(600)
+
+generations.remove_prefix = remove_prefix
+store = CheckpointStore(root, keep_last=1, storage_options=options)
+for step in (1, 2):
+    with store.save(step) as stage:
+        write_version(stage, step)
+time.sleep(600)
+"""
+
+
+@pytest.mark.slow
+def test_sweep_finishes_a_background_delete_killed_half_way(
+    moto_endpoint: str, s3fs_instance: Any, tmp_path: Path
+) -> None:
+    from tests._stores import s3_options
+    from tests.test_directory import BUCKET
+
+    options = s3_options(moto_endpoint)
+    root = f"s3://{BUCKET}/{os.urandom(8).hex()}"
+    progress = tmp_path / "progress"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _STORE_PRUNER, root, json.dumps(options), str(progress)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        while not progress.exists() or not progress.read_text():
+            if proc.poll() is not None:
+                raise AssertionError(f"the pruner exited early: {proc.communicate()[1]}")
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+    retired = json.loads(progress.read_text())
+    fs = s3fs_instance
+    bare = fs._strip_protocol(root)
+    store = CheckpointStore(root, storage_options=options)
+    assert store.generations() == ["gen-00000002"]
+    fs.invalidate_cache()
+    left = sorted(fs.find(f"{bare}/gen-00000001"))
+    assert left == retired[len(retired) // 2 :]
+    assert left
+
+    # A save of a live writer under the same root is not touched by the sweep.
+    transaction = store.begin(3)
+    with transaction.staging.open("model.bin") as file:
+        file.write(b"in flight")
+    removed = sweep(root, older_than=0, storage_options=options)
+    fs.invalidate_cache()
+    assert not fs.find(f"{bare}/gen-00000001")
+    assert removed
+    assert all(path.startswith(f"{root}/gen-00000001/") for path in removed)
+    assert fs.find(f"{bare}/gen-00000003")  # the open save's objects are still there
+    transaction.discard()
+    latest = store.latest()
+    assert latest is not None
+    assert latest.name == "gen-00000002"
+    assert store.verify("gen-00000002").ok
