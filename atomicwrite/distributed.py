@@ -173,14 +173,25 @@ def atomic_directory(
 
 
 @contextlib.contextmanager
-def save(store: CheckpointStore, step: int | None = None, *, group: Any = None) -> Iterator[StagingDirectory]:
+def save(
+    store: CheckpointStore,
+    step: int | None = None,
+    *,
+    metrics: Mapping[str, float] | None = None,
+    tags: Mapping[str, str] | None = None,
+    group: Any = None,
+) -> Iterator[StagingDirectory]:
     """[`CheckpointStore.save`][atomicwrite.CheckpointStore.save] across all ranks of ``group``:
     a new generation with every rank's files, then ``latest`` moves to it (on rank 0).
 
-    Pass ``step`` (the same on every rank) or let rank 0 number the generation.
+    Pass ``step`` (the same on every rank) or let rank 0 number the generation.  The generation
+    records rank 0's ``metrics`` and ``tags`` (for retention by [`KeepBest`][atomicwrite.KeepBest]
+    and for [`find`][atomicwrite.CheckpointStore.find]); the other ranks' are not read, so reduce
+    a per-rank metric first (``all_reduce``) when it differs between ranks.  Metadata that rank 0
+    refuses aborts the save on every rank before anything is written.
     """
     with _multi_rank(
-        lambda: store.begin(step),
+        lambda: store.begin(step, metrics=metrics, tags=tags),
         store.finish,
         group=group,
         checksums=store.checksums,

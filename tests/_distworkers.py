@@ -29,7 +29,7 @@ def shard(rank: int, step: int) -> dict[str, Any]:
 
 def store_save(rank: str, world: str, init_file: str, root: str, mode: str) -> None:
     """Save one generation from every rank.  ``mode``: "ok"; "kill" (rank 1 is SIGKILLed half
-    way through its shard); "raise" (rank 1 raises in its block)."""
+    way through its shard); "raise" (rank 1 raises in its block); "badmeta" (a NaN metric)."""
     import torch
     import torch.distributed as dist
 
@@ -44,7 +44,9 @@ def store_save(rank: str, world: str, init_file: str, root: str, mode: str) -> N
     step = len(store.generations()) + 1
     outcome: dict[str, Any] = {"rank": me}
     try:
-        with awd.save(store, group=None) as stage:
+        # Each rank passes its own loss: the generation records rank 0's.
+        loss = float("nan") if mode == "badmeta" else 0.5 + me
+        with awd.save(store, metrics={"loss": loss}, tags={"writer": f"rank{me}"}, group=None) as stage:
             if mode == "kill" and me == 1:
                 with open(stage / f"shard-{me}.pt", "wb") as file:
                     file.write(b"half a shard")

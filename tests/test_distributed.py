@@ -60,6 +60,9 @@ def check_generation(store: CheckpointStore, name: str, world: int, step: int) -
     generation = store.get(name)
     names = sorted(entry.name for entry in generation.directory.manifest.files)
     assert names == sorted([*(f"shard-{rank}.pt" for rank in range(world)), "meta.json"])
+    assert generation.step == step
+    assert generation.metrics == {"loss": 0.5}
+    assert generation.tags == {"writer": "rank0"}
     for rank in range(world):
         state = torch.load(generation / f"shard-{rank}.pt", weights_only=True)
         assert state["rank"] == rank
@@ -106,8 +109,15 @@ def test_a_failed_rank_publishes_nothing(tmp_path: Path, world: int) -> None:
     assert sorted(os.listdir(root)) == ["gen-00000001", "latest"]
     assert verify_directory(root / "gen-00000001").ok
 
+    # Metadata rank 0 refuses: every rank aborts before anything is staged.
+    refused = run_ranks(tmp_path, root, world, "badmeta", 4)
+    assert [code for code, _ in refused] == [0, 0], refused
+    assert refused[0][1].get("error", "").startswith("UsageError: "), refused
+    assert "aborted" in refused[1][1], refused
+    assert sorted(os.listdir(root)) == ["gen-00000001", "latest"]
+
     # And the next save goes through.
-    again = run_ranks(tmp_path, root, world, "ok", 4)
+    again = run_ranks(tmp_path, root, world, "ok", 5)
     assert all(result.get("published") == "gen-00000002" for _, result in again), again
     check_generation(store, "gen-00000002", world, 2)
 
