@@ -91,6 +91,8 @@ def test_diagnose_on_a_real_local_directory_is_unchanged(tmp_path: Path) -> None
     keys = {g.key for g in report.guarantees}
     assert not keys & {"nfs_commit", "nfs_visibility", "locks_across_hosts", "nfs_exclusive_create"}
     assert "mount_options" not in {c.key for c in report.checks}
+    [cas] = [g for g in report.guarantees if g.key == "compare_and_swap"]
+    assert cas.detail == "race-free with lock=True"
     filesystem = next(c for c in report.checks if c.key == "filesystem")
     assert isinstance(filesystem.value["options"], str)
 
@@ -111,6 +113,8 @@ def test_nfs_notes_reach_the_json_and_the_table(
     report = diagnose(str(tmp_path))
     answer = json.loads(json.dumps(report.to_json(), default=str))
     assert answer["guarantees"]["locks_across_hosts"]["holds"] is False
+    # The compare-and-swap row agrees: lock=True excludes this host's writers only.
+    assert "this host's writers only" in answer["guarantees"]["compare_and_swap"]["detail"]
     assert answer["checks"]["mount_options"]["value"]["local_lock"] == "all"
     assert answer["full_guarantees"] is False
     assert any("local to this host" in line for line in answer["recommendations"])

@@ -521,9 +521,10 @@ def _probe_local(report: DoctorReport, strategy: LocalStrategy, directory: str, 
 
     usage = shutil.disk_usage(directory)
     add(Check("free_space", "free space", "info", f"{_size(usage.free)} of {_size(usage.total)}", usage.free))
-    _local_guarantees(report, strategy, fstype, written)
+    local_locks = any(note.key == "locks_across_hosts" and note.holds is False for note in notes)
+    _local_guarantees(report, strategy, fstype, written, local_locks=local_locks)
     report.guarantees.extend(notes)
-    if any(note.key == "locks_across_hosts" and note.holds is False for note in notes):
+    if local_locks:
         report.recommendations.append(
             "locks here are local to this host: let one host write each target, or mount with locking"
         )
@@ -774,7 +775,9 @@ def _status(report: DoctorReport, key: str) -> Status | None:
     return found[0] if found else None
 
 
-def _local_guarantees(report: DoctorReport, strategy: LocalStrategy, fstype: str, written: CommitResult) -> None:
+def _local_guarantees(
+    report: DoctorReport, strategy: LocalStrategy, fstype: str, written: CommitResult, *, local_locks: bool
+) -> None:
     def yes(key: str) -> bool:
         return _status(report, key) == "yes"
 
@@ -824,16 +827,17 @@ def _local_guarantees(report: DoctorReport, strategy: LocalStrategy, fstype: str
             advise("atomic_directory and CheckpointStore need a directory rename: use a local disk or the store's URL")
         add(Guarantee("directories", "atomic_directory", renames, detail))
     cas = yes("compare_and_swap")
-    add(
-        Guarantee(
-            "compare_and_swap",
-            "compare-and-swap",
-            cas,
-            ("race-free with lock=True" if yes("flock") or sys.platform == "win32" else "checked; no locks here")
-            if cas
-            else "a stale version was accepted",
-        )
-    )
+    if not cas:
+        cas_detail = "a stale version was accepted"
+    elif not (yes("flock") or sys.platform == "win32"):
+        cas_detail = "checked; no locks here"
+    elif local_locks:
+        # The probe's flock worked, but only among this client's processes (NFS nolock, Lustre
+        # localflock): the check and the rename of two hosts' writers can still interleave.
+        cas_detail = "race-free with lock=True among this host's writers only: locks do not reach other hosts"
+    else:
+        cas_detail = "race-free with lock=True"
+    add(Guarantee("compare_and_swap", "compare-and-swap", cas, cas_detail))
     add(Guarantee("streaming", "streaming memory", True, "1 MiB buffer, whatever the file size"))
     if yes("o_tmpfile") and getattr(strategy, "use_tmpfile", False):
         add(Guarantee("cleanup", "cleanup", True, "O_TMPFILE: a killed writer leaves nothing"))
