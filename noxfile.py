@@ -86,9 +86,10 @@ def demo(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Benchmarks against the raw-syscall floor and peers, as ratios measured in one run.
+    """Benchmarks against the raw-syscall floor and peers, as ratios measured in one run; a full
+    run rewrites docs/benchmarks.md and its charts in docs/benchmarks/ (about 15 minutes on 2 cores).
 
-    `nox -s bench -- --quick` for a short run; `-- --only stream small` for some rows."""
+    `nox -s bench -- --quick` for a short run (writes no page); `-- --only stream small` for some rows."""
     session.install(TORCH)
     session.install("-e", ".[bench]")
     session.run("python", "-m", "benchmarks", *session.posargs)

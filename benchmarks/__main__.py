@@ -19,20 +19,39 @@ from pathlib import Path
 from typing import Any
 
 from . import (
+    _plots,
     _report,
     background,
     batch,
     directory,
     import_time,
     peers,
+    s3_peers,
     s3_upload,
+    safetensors_save,
+    shards,
+    sizes,
     small_replace,
     streamed,
     torch_checkpoint,
 )
 from ._harness import ROOT, Context, MiB, Row, Target, spread_subdirectories
 
-WORKLOADS = (streamed, small_replace, peers, batch, directory, torch_checkpoint, background, s3_upload, import_time)
+WORKLOADS = (
+    streamed,
+    sizes,
+    small_replace,
+    peers,
+    batch,
+    directory,
+    shards,
+    torch_checkpoint,
+    safetensors_save,
+    background,
+    s3_upload,
+    s3_peers,
+    import_time,
+)
 
 
 def _size(text: str) -> int:
@@ -67,6 +86,14 @@ def _row(saved: dict[str, Any]) -> Row:
     return Row(**{**saved, "targets": [Target(**target) for target in saved["targets"]]})
 
 
+def _charts(rows: list[Row], page: Path) -> dict[str, str]:
+    """Draw the charts into a folder named after the page (docs/benchmarks/ for
+    docs/benchmarks.md), only when the page itself is written; their paths relative to it."""
+    folder = page.parent / page.stem
+    page.parent.mkdir(parents=True, exist_ok=True)
+    return {name: f"{folder.name}/{path.name}" for name, path in _plots.write(rows, folder).items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer rounds and smaller sizes (a smoke run)")
@@ -74,8 +101,18 @@ def main(argv: list[str] | None = None) -> int:
         "--only", nargs="+", choices=[module.NAME for module in WORKLOADS], help="run only these workloads"
     )
     parser.add_argument("--dir", type=Path, default=None, help="where to write (default: a temp dir in .)")
-    parser.add_argument("--size", type=_size, default=None, help="streamed size (default 1G; --quick 64M)")
-    parser.add_argument("--torch-size", type=_size, default=None, help="state dict size (default 1G; --quick 64M)")
+    parser.add_argument(
+        "--size",
+        type=_size,
+        default=None,
+        help="streamed size, and the largest of the size curve (default 1G; --quick 64M)",
+    )
+    parser.add_argument(
+        "--torch-size",
+        type=_size,
+        default=None,
+        help="state dict size, torch and safetensors (default 1G; --quick 64M)",
+    )
     parser.add_argument("--s3-size", type=_size, default=None, help="S3 object size (default 512M; --quick 32M)")
     parser.add_argument("--rounds", type=int, default=None, help="rounds per row (default 7; --quick 3)")
     parser.add_argument(
@@ -90,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         print(_report.table(rows))
         output = args.output or ROOT / "docs" / "benchmarks.md"
         command = _command(shlex.split(saved["command"])[3:])
-        page = _report.markdown(rows, saved["machine"], command, saved["seconds"], saved["rounds"], _methods())
+        charts = _charts(rows, output)
+        page = _report.markdown(rows, saved["machine"], command, saved["seconds"], saved["rounds"], _methods(), charts)
         output.write_text(page)
         return 0
     quick = args.quick
@@ -122,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         output = ROOT / "docs" / "benchmarks.md"
     command = _command(argv if argv is not None else sys.argv[1:])
     if output is not None:
-        output.write_text(_report.markdown(rows, info, command, seconds, rounds, _methods()))
+        charts = _charts(rows, output)
+        output.write_text(_report.markdown(rows, info, command, seconds, rounds, _methods(), charts))
         print(f"written to {output}", file=sys.stderr)
     if args.save is not None:
         saved = {"machine": info, "command": command, "seconds": seconds, "rounds": rounds}

@@ -86,6 +86,11 @@ class Row:
     higher_is_better: bool
     targets: list[Target] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # For the charts (benchmarks/_plots.py): the chart this row's medians are drawn on, its x
+    # (a size in bytes), and the samples of further contenders measured in the same alternation.
+    chart: str = ""
+    x: float = 0.0
+    others: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def ratio(self) -> float:

@@ -9,9 +9,12 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from ._harness import Row, iqr, median
+from ._harness import Row, Target, iqr, median
 
-PACKAGES = ("atomicwrite", "atomicwrites", "safer", "boltons", "torch", "lightning", "s3fs", "fsspec", "moto")
+PACKAGES = (
+    *("atomicwrite", "atomicwrites", "safer", "boltons", "torch", "lightning", "safetensors", "s3fs", "fsspec"),
+    *("moto", "boto3", "obstore", "awscrt", "google-crc32c", "matplotlib"),
+)
 
 
 def _read(path: str) -> str:
@@ -86,8 +89,11 @@ def _cell(samples: list[float], unit: str) -> str:
     return f"{median(samples):.{digits}f} {unit} [{low:.{digits}f}..{high:.{digits}f}]"
 
 
-def _verdict(met: bool | None) -> str:
-    return "not measured" if met is None else "met" if met else "NOT met"
+def _verdict(target: Target) -> str:
+    """A row without a target (measured empty) gets no verdict; an unmeasured one says so."""
+    if target.met is None:
+        return "not measured" if target.measured else ""
+    return "met" if target.met else "NOT met"
 
 
 def table(rows: list[Row]) -> str:
@@ -104,7 +110,7 @@ def table(rows: list[Row]) -> str:
                     f"{row.ratio:.3f}x" if first else "",
                     target.asks if target else "",
                     target.measured if target else "",
-                    _verdict(target.met) if target else "",
+                    _verdict(target) if target else "",
                 )
             )
     widths = [max(len(line[column]) for line in lines) for column in range(len(header))]
@@ -119,7 +125,9 @@ def markdown(
     seconds: float,
     rounds: int,
     methods: dict[str, str] | None = None,
+    charts: dict[str, str] | None = None,
 ) -> str:
+    """The page; ``charts`` maps a chart's name to its image's path relative to the page."""
     out = [
         "# Benchmarks",
         "",
@@ -146,7 +154,7 @@ def markdown(
         "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        for index, target in enumerate(row.targets):
+        for index, target in enumerate(row.targets or [Target("no target: see the notes", "", None)]):
             first = index == 0
             out.append(
                 "| "
@@ -158,11 +166,18 @@ def markdown(
                         f"{row.ratio:.3f}x" if first else "",
                         target.asks,
                         target.measured,
-                        _verdict(target.met),
+                        _verdict(target),
                     )
                 ).replace("|  |", "| |")
                 + " |"
             )
+    if charts:
+        from ._plots import CHARTS
+
+        out += ["", "## Charts", ""]
+        for name, image in charts.items():
+            out += [f"![{CHARTS[name].title}]({image})", ""]
+        out.pop()
     missed = [(row, target) for row in rows for target in row.targets if target.met is False]
     out += ["", "## Targets not met", ""]
     if not missed:
