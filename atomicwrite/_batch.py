@@ -285,7 +285,7 @@ class AtomicBatch:
             complete.append(binary)
         # Every file is published (or discarded) before any on_commit runs, so that a callback
         # that raises cannot stop the files after it from being published.
-        callback_error: CommitCallbackError | None = None
+        callback_error: CommitCallbackError[CommitResult] | None = None
         for binary in complete:
             assert binary.result is not None
             try:

@@ -9,10 +9,12 @@ Errors that come from the operating system also derive from the matching builtin
 from __future__ import annotations
 
 import errno as _errno
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 if TYPE_CHECKING:
     from ._result import CommitResult
+
+_Result = TypeVar("_Result")
 
 __all__ = [
     "AtomicOSError",
@@ -76,14 +78,15 @@ class DurabilityError(AtomicWriteError):
         self.result = result
 
 
-class CommitCallbackError(AtomicWriteError):
+class CommitCallbackError(AtomicWriteError, Generic[_Result]):
     """A write committed, then its ``on_commit`` callback raised (that exception is ``__cause__``).
 
-    The new content *is* in place, with the durability ``result`` reports: this is not a failed
-    write, and nothing was rolled back.
+    The new content *is* in place, with the durability ``result`` reports (a `CommitResult`, or
+    a `DirectoryCommitResult` for a directory): this is not a failed write, and nothing was
+    rolled back.
     """
 
-    def __init__(self, message: str, *, result: CommitResult) -> None:
+    def __init__(self, message: str, *, result: _Result) -> None:
         super().__init__(message)
         self.result = result
 

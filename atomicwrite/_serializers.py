@@ -14,7 +14,7 @@ from typing import IO, Any
 from ._errors import SerializerNotFoundError, UsageError
 from ._record import Record
 
-__all__ = ["ENTRY_POINT_GROUP", "Serializer", "get_serializer", "register_serializer"]
+__all__ = ["ENTRY_POINT_GROUP", "Serializer", "freeze", "get_serializer", "register_serializer"]
 
 ENTRY_POINT_GROUP = "atomicwrite.serializers"
 
@@ -28,6 +28,11 @@ class Serializer(Record):
         load: reads an object back from an open file, or None if this serializer cannot.
         binary: whether ``dump`` and ``load`` take binary (True) or text (False) files.
         encoding: the text encoding used when the caller gives none (text serializers only).
+        snapshot: for a write made later, in another thread (a background
+            [`CheckpointStore.save_async`][atomicwrite.CheckpointStore.save_async]): returns a
+            copy of ``obj`` that ``dump`` can write and that later changes to ``obj`` do not
+            reach, cheaper than serializing it (tensors are copied to CPU memory, ``bytes`` kept
+            as they are).  None: the object is serialized to bytes up front instead.
     """
 
     name: str
@@ -35,7 +40,8 @@ class Serializer(Record):
     load: Callable[[IO[Any]], Any] | None
     binary: bool
     encoding: str | None
-    _fields = ("name", "dump", "load", "binary", "encoding")
+    snapshot: Callable[[Any], Any] | None
+    _fields = ("name", "dump", "load", "binary", "encoding", "snapshot")
 
     def __init__(
         self,
@@ -44,8 +50,10 @@ class Serializer(Record):
         load: Callable[[IO[Any]], Any] | None = None,
         binary: bool = True,
         encoding: str | None = None,
+        *,
+        snapshot: Callable[[Any], Any] | None = None,
     ) -> None:
-        self.__dict__.update(name=name, dump=dump, load=load, binary=binary, encoding=encoding)
+        self.__dict__.update(name=name, dump=dump, load=load, binary=binary, encoding=encoding, snapshot=snapshot)
 
 
 def _dump_bytes(obj: Any, file: IO[Any]) -> None:
@@ -54,10 +62,24 @@ def _dump_bytes(obj: Any, file: IO[Any]) -> None:
     file.write(obj)
 
 
+def _frozen_bytes(obj: Any) -> bytes:
+    if isinstance(obj, bytes):
+        return obj  # immutable: nothing can change it before it is written
+    if not isinstance(obj, (bytearray, memoryview)):
+        raise UsageError(f"the 'bytes' serializer needs a bytes-like object, not {type(obj).__name__}")
+    return bytes(obj)
+
+
 def _dump_text(obj: Any, file: IO[Any]) -> None:
     if not isinstance(obj, str):
         raise UsageError(f"the 'text' serializer needs a str, not {type(obj).__name__}")
     file.write(obj)
+
+
+def _frozen_text(obj: Any) -> str:
+    if not isinstance(obj, str):
+        raise UsageError(f"the 'text' serializer needs a str, not {type(obj).__name__}")
+    return obj
 
 
 def _read(file: IO[Any]) -> Any:
@@ -99,9 +121,11 @@ def register_serializer(serializer: Serializer, *, replace: bool = False) -> Non
     _REGISTRY[serializer.name] = serializer
 
 
+_BYTES = Serializer("bytes", _dump_bytes, _read, binary=True, snapshot=_frozen_bytes)
+
 for _builtin in (
-    Serializer("bytes", _dump_bytes, _read, binary=True),
-    Serializer("text", _dump_text, _read, binary=False, encoding="utf-8"),
+    _BYTES,
+    Serializer("text", _dump_text, _read, binary=False, encoding="utf-8", snapshot=_frozen_text),
     Serializer("json", _dump_json, _load_json, binary=False, encoding="utf-8"),
     Serializer("pickle", _dump_pickle, _load_pickle, binary=True),
 ):
@@ -141,3 +165,23 @@ def get_serializer(serializer: str | Serializer | Callable[[Any, IO[bytes]], Non
     if callable(serializer):
         return Serializer(getattr(serializer, "__name__", repr(serializer)), serializer)
     raise UsageError(f"serializer must be a name, a Serializer or a callable, not {type(serializer).__name__}")
+
+
+def freeze(serializer: Serializer, obj: Any) -> tuple[Serializer, Any]:
+    """What to hand a write made later, from another thread, so that it writes ``obj`` as it is
+    now: ``serializer`` with its snapshot of ``obj``, or, for a serializer without one, the
+    ``"bytes"`` serializer with ``obj`` serialized now (bytes are a snapshot too)."""
+    if serializer.snapshot is not None:
+        return serializer, serializer.snapshot(obj)
+    import io
+
+    buffer = io.BytesIO()
+    if serializer.binary:
+        serializer.dump(obj, buffer)
+    else:
+        # As atomic_open's text mode writes it: the serializer's encoding, newlines translated.
+        text = io.TextIOWrapper(buffer, encoding=serializer.encoding or "utf-8")
+        serializer.dump(obj, text)
+        text.flush()
+        text.detach()
+    return _BYTES, buffer.getvalue()

@@ -62,6 +62,7 @@ def sweep(
     # links beside local targets, unpublished generations under object-store ones.  (Imported
     # here: `import atomicwrite` stays free of the store and directory code.)
     from ._local.base import LocalStrategy
+    from ._local.windows import WindowsStrategy
     from ._stores.base import ObjectStoreStrategy
 
     if isinstance(strategy, ObjectStoreStrategy):
@@ -75,6 +76,10 @@ def sweep(
         # that only the generation's own sweep recognises (no manifest names them any more).
         for generation in _store_generations(fs, root):
             removed += sweep_generations(fs, generation, seconds, dry_run, strategy.url)
+    elif isinstance(strategy, WindowsStrategy):
+        from ._directories.windows import sweep_windows_staging
+
+        removed += sweep_windows_staging(strategy.sweep_directory(path), seconds, dry_run, strategy)
     elif isinstance(strategy, LocalStrategy) and sys.platform != "win32":
         from ._directories.local import DirectoryRenames, sweep_staging
 

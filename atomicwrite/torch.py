@@ -887,10 +887,54 @@ def latest_valid(
 # --- serializers for atomic_save -------------------------------------------------------------
 
 
+class _TakenSnapshot:
+    """What the ``"torch"`` and ``"safetensors"`` serializers' snapshot hook returns, for a write
+    made later in another thread: an `AsyncSaver`-style CPU copy of the object's tensors, which
+    their ``dump`` writes once the GPU copies it queued have landed; its pinned buffers then go
+    back to the pool for the next snapshot."""
+
+    def __init__(self, obj: Any) -> None:
+        self._snapshot = _Snapshot(_serializer_pool)
+        self._copied = self._snapshot.take(obj)
+        self._written = False
+
+    @contextlib.contextmanager
+    def ready(self) -> Iterator[Any]:
+        """The copy, complete; written once (its pinned buffers are reused afterwards)."""
+        if self._written:
+            raise UsageError("this snapshot was written already; take a new one")
+        self._written = True
+        try:
+            if self._snapshot.copy_done is not None:
+                self._snapshot.copy_done.synchronize()
+            yield self._copied
+        finally:
+            _serializer_pool.give_back(self._snapshot.pinned)
+            self._snapshot.pinned = []
+
+
+_serializer_pool = _PinnedPool()
+
+
+def _snapshot_tensors(obj: Any) -> _TakenSnapshot:
+    return _TakenSnapshot(obj)
+
+
+@contextlib.contextmanager
+def _snapshotted(obj: Any) -> Iterator[Any]:
+    """``obj`` itself, or the complete copy if it is a snapshot the hook took."""
+    if isinstance(obj, _TakenSnapshot):
+        with obj.ready() as copied:
+            yield copied
+    else:
+        yield obj
+
+
 def _dump_torch(obj: Any, file: IO[Any]) -> None:
     import torch
 
-    torch.save(obj, file)
+    with _snapshotted(obj) as value:
+        torch.save(value, file)
 
 
 def _load_torch(file: IO[Any]) -> Any:
@@ -916,9 +960,29 @@ def _is_torch_tensor(value: Any) -> bool:
     return module == "torch" or module.startswith("torch.")
 
 
-def _dump_safetensors(obj: Any, file: IO[Any]) -> None:
+def _copy_array(obj: Any) -> Any:
+    import numpy as np
+
+    return np.array(obj, copy=True)
+
+
+def _check_safetensors(obj: Any) -> None:
     if not isinstance(obj, Mapping) or not obj:
         raise UsageError("the 'safetensors' serializer needs a non-empty dict of name -> tensor (or numpy array)")
+
+
+def _snapshot_safetensors(obj: Any) -> _TakenSnapshot:
+    _check_safetensors(obj)  # refused now, not later in the thread that writes it
+    return _TakenSnapshot(obj)
+
+
+def _dump_safetensors(obj: Any, file: IO[Any]) -> None:
+    with _snapshotted(obj) as value:
+        _dump_safetensors_now(value, file)
+
+
+def _dump_safetensors_now(obj: Any, file: IO[Any]) -> None:
+    _check_safetensors(obj)
     tensors = dict(obj)
     if all(_is_torch_tensor(value) for value in tensors.values()):
         from safetensors.torch import save as save_torch
@@ -945,12 +1009,15 @@ def _load_safetensors(file: IO[Any]) -> Any:
 
 #: ``atomic_save(obj, path, "torch")``: ``torch.save``, streamed; read back with torch's default
 #: ``torch.load`` (``weights_only=True`` since torch 2.6).
-serializer = Serializer("torch", _dump_torch, _load_torch, binary=True)
+#: Its snapshot (for background saves) is the CPU copy `AsyncSaver` takes.
+serializer = Serializer("torch", _dump_torch, _load_torch, binary=True, snapshot=_snapshot_tensors)
 
 #: ``atomic_save(array, path, "numpy")``: ``np.save`` / ``np.load`` with ``allow_pickle=False``.
-numpy_serializer = Serializer("numpy", _dump_numpy, _load_numpy, binary=True)
+numpy_serializer = Serializer("numpy", _dump_numpy, _load_numpy, binary=True, snapshot=_copy_array)
 
 #: ``atomic_save(tensors, path, "safetensors")``: a dict of torch tensors or numpy arrays in the
 #: safetensors format (read back as torch tensors when torch is installed).  safetensors builds
 #: the whole file in memory before it is written, unlike the other serializers here.
-safetensors_serializer = Serializer("safetensors", _dump_safetensors, _load_safetensors, binary=True)
+safetensors_serializer = Serializer(
+    "safetensors", _dump_safetensors, _load_safetensors, binary=True, snapshot=_snapshot_safetensors
+)

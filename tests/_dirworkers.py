@@ -94,6 +94,21 @@ def saver(root: str, count: str, options: str, progress: str) -> None:
     report({"saves": saves})
 
 
+def store_stager(root: str, options: str, ready: str) -> None:
+    """Save into the object-store CheckpointStore at ``root`` and wait to be killed inside the
+    save: the version's files are written, and one more file is half way through a multi-part
+    upload (its marker stored, its first parts sent).  ``options`` may tune ``part_size``."""
+    storage = json.loads(options)
+    store = CheckpointStore(root, storage_options=storage)
+    with store.save() as stage:
+        write_version(stage, 99)
+        big = stage.open("big.bin")
+        big.write(os.urandom(2 * int(storage.get("part_size", 8 << 20)) + 1))
+        big.flush()
+        Path(ready).touch()
+        time.sleep(600)
+
+
 def dir_reader(target: str, stop: str, ready: str, options: str) -> None:
     """Read the directory ``target`` until ``stop`` appears; every read must be one version."""
     storage = json.loads(options)

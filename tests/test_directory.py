@@ -772,7 +772,7 @@ def test_sweep_removes_a_dead_writers_generation_on_a_store(place: Place) -> Non
 
 def test_checkpoint_store_refuses_stores_without_compare_and_swap_support() -> None:
     with pytest.raises(UnsupportedTargetError):
-        CheckpointStore("gs://bucket/run")
+        CheckpointStore("ftp://host/run")
 
 
 def test_each_process_describes_the_files_it_declared(place: Place) -> None:

@@ -17,6 +17,8 @@ both above      both refused                           exclusive create refused 
 ``dirfsync``    fsync(dir): success, never sent on     nothing to detect; doctor says durability is
                                                        the server's (see test_power_loss for the cost)
 ``dirrename``   rename(non-empty dir): EXDEV           atomic_directory refused before the body runs
+``atomicrename`` rename(dir): a copy, then deletes;    atomic_directory publishes by a commit marker
+                the mount is typed ``fuse.gcsfuse``    (tests/test_commit_marker.py)
 ==============  =====================================  ==============================================
 
 They need root and /dev/fuse, and run in the ``filesystems`` nox session.

@@ -16,13 +16,22 @@ from typing import Any
 import pytest
 
 from atomicwrite import (
+    CheckpointStore,
     CommitCallbackError,
     CommitResult,
+    DirectoryCommitResult,
+    DirectoryManifest,
     DurabilityError,
+    FileEntry,
+    Serializer,
     UsageError,
     atomic_batch,
+    atomic_directory,
     atomic_open,
     atomic_save,
+    begin_directory,
+    open_directory,
+    verify_directory,
 )
 from tests._stores import moto_endpoint, s3_options
 
@@ -258,3 +267,191 @@ def test_async_save_times_the_caller_and_the_worker_apart(tmp_path: Path) -> Non
     assert seen == [result]
     assert seen[0].seconds_background == result.seconds_background
     assert threads == ["atomicwrite-saver"]
+
+
+# --- directories ---------------------------------------------------------------------------------
+
+
+def assert_directory_timed_in_the_caller(result: DirectoryCommitResult) -> None:
+    assert result.seconds > 0
+    assert result.seconds_blocked == result.seconds
+    assert result.seconds_background == 0
+    assert result.throughput == result.bytes_written / result.seconds
+
+
+def test_directory_timings_stay_out_of_equality_and_hashing() -> None:
+    manifest = DirectoryManifest("gen.1", (FileEntry("a", 6, None), FileEntry("b", 4, None)), created=1.0)
+    plain = DirectoryCommitResult("/t", "posix", "full", manifest, replaced=False)
+    assert (plain.seconds, plain.seconds_blocked, plain.seconds_background, plain.throughput) == (0, 0, 0, 0)
+    assert plain.bytes_written == 10
+    timed = plain._timed(2.0, seconds_blocked=0.5, seconds_background=1.0)
+    assert timed == plain
+    assert hash(timed) == hash(plain)
+    assert (timed.seconds, timed.seconds_blocked, timed.seconds_background) == (2.0, 0.5, 1.0)
+    assert timed.throughput == 5.0
+    assert plain._timed(3.0).seconds_blocked == 3.0
+    assert "seconds_background=1.0" in repr(timed)
+    assert pickle.loads(pickle.dumps(timed)).seconds == 2.0
+    with pytest.raises(AttributeError):
+        timed.seconds = 1.0  # type: ignore[misc]
+
+
+@pytest.fixture(params=["local", "memory", "s3"])
+def directory_place(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, dict[str, Any]]:
+    """A base URL for directories, and its storage_options."""
+    if request.param == "local":
+        return str(tmp_path), {}
+    if request.param == "memory":
+        return f"memory://atomicwrite-telemetry/{uuid.uuid4().hex}", {}
+    import fsspec
+
+    options = s3_options(request.getfixturevalue("moto_endpoint"))
+    fs = fsspec.filesystem("s3", **options)
+    if not fs.exists(BUCKET):
+        fs.call_s3("create_bucket", Bucket=BUCKET)
+    return f"s3://{BUCKET}/{uuid.uuid4().hex}", options
+
+
+def test_a_directory_is_timed_and_told_once_it_is_published(directory_place: tuple[str, dict[str, Any]]) -> None:
+    base, options = directory_place
+    target = f"{base}/ckpt"
+    seen: list[tuple[DirectoryCommitResult, bytes]] = []
+
+    def record(result: DirectoryCommitResult) -> None:
+        # By the time the callback runs, the new directory is what readers get.
+        with open_directory(target, storage_options=options).open("a.bin") as file:
+            seen.append((result, file.read()))
+
+    before = time.perf_counter()
+    with atomic_directory(target, storage_options=options, on_commit=record) as stage:
+        with stage.open("a.bin") as file:
+            file.write(b"a" * 3000)
+        with stage.open("b.bin") as file:
+            file.write(b"b" * 1000)
+    after = time.perf_counter()
+    assert len(seen) == 1
+    result, content_then = seen[0]
+    assert content_then == b"a" * 3000
+    assert_directory_timed_in_the_caller(result)
+    assert result.seconds <= after - before
+    assert result.bytes_written == 4000
+    assert result.durability == ("none" if base.startswith("memory://") else "full")
+
+
+def test_begin_directory_tells_on_commit_and_not_for_a_discard(tmp_path: Path) -> None:
+    seen: list[DirectoryCommitResult] = []
+    discarded = begin_directory(tmp_path / "gone", on_commit=seen.append)
+    discarded.staging.open("a.bin").close()
+    discarded.discard()
+    assert seen == []
+    transaction = begin_directory(tmp_path / "kept", on_commit=seen.append)
+    with transaction.staging.open("a.bin") as file:
+        file.write(b"abc")
+    result = transaction.commit()
+    assert seen == [result]
+    assert_directory_timed_in_the_caller(result)
+    assert entries(tmp_path) == ["kept"]
+
+
+def test_a_failing_directory_callback_leaves_the_directory_published(tmp_path: Path) -> None:
+    def explode(result: DirectoryCommitResult) -> None:
+        raise ValueError("metrics sink down")
+
+    with (
+        pytest.raises(CommitCallbackError, match="was committed") as caught,
+        atomic_directory(tmp_path / "ckpt", on_commit=explode) as stage,
+    ):
+        (Path(stage) / "a.bin").write_bytes(b"new")
+    assert isinstance(caught.value.__cause__, ValueError)
+    assert isinstance(caught.value.result, DirectoryCommitResult)
+    assert caught.value.result.bytes_written == 3
+    assert verify_directory(tmp_path / "ckpt").ok
+    assert (tmp_path / "ckpt" / "a.bin").read_bytes() == b"new"
+    assert entries(tmp_path) == ["ckpt"]  # no staging area left
+
+
+def test_a_directory_callback_that_is_not_callable_is_refused_before_anything_is_staged(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="on_commit"):
+        begin_directory(tmp_path / "ckpt", on_commit="print")  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="on_commit"):
+        CheckpointStore(tmp_path / "run", on_commit=42)  # type: ignore[arg-type]
+    assert entries(tmp_path) == []
+
+
+def test_a_store_save_is_told_after_latest_moved_and_retention_ran(
+    directory_place: tuple[str, dict[str, Any]],
+) -> None:
+    base, options = directory_place
+    seen: list[tuple[DirectoryCommitResult, str | None, list[str]]] = []
+
+    def record(result: DirectoryCommitResult) -> None:
+        seen.append((result, store.pointer(), store.generations()))
+
+    store = CheckpointStore(f"{base}/run", keep_last=1, storage_options=options, on_commit=record)
+    for step in (1, 2):
+        before = time.perf_counter()
+        with store.save(step) as stage, stage.open("model.bin") as file:
+            file.write(b"m" * 100 * step)
+        after = time.perf_counter()
+        result = seen[-1][0]
+        assert result.seconds <= after - before
+    store.close()
+    assert [(pointer, generations) for _, pointer, generations in seen] == [
+        ("gen-00000001", ["gen-00000001"]),
+        ("gen-00000002", ["gen-00000002"]),
+    ]
+    results = [result for result, _, _ in seen]
+    for result in results:
+        assert_directory_timed_in_the_caller(result)
+    assert [result.bytes_written for result in results] == [100, 200]
+    assert store.last_result is results[-1]
+
+
+def test_a_failing_store_callback_leaves_the_save_published(tmp_path: Path) -> None:
+    def explode(result: DirectoryCommitResult) -> None:
+        raise ValueError("metrics sink down")
+
+    store = CheckpointStore(tmp_path / "run", on_commit=explode)
+    with (
+        pytest.raises(CommitCallbackError, match="was committed") as caught,
+        store.save(1) as stage,
+        stage.open("model.bin") as file,
+    ):
+        file.write(b"weights")
+    assert isinstance(caught.value.__cause__, ValueError)
+    assert store.pointer() == "gen-00000001"
+    assert store.verify().ok
+    assert caught.value.result == store.last_result
+
+
+def test_a_background_store_save_times_the_caller_and_the_worker_apart(tmp_path: Path) -> None:
+    threads: list[str] = []
+    seen: list[DirectoryCommitResult] = []
+
+    def record(result: DirectoryCommitResult) -> None:
+        threads.append(threading.current_thread().name)
+        seen.append(result)
+
+    held = threading.Event()
+
+    def held_dump(obj: Any, file: Any) -> None:
+        assert held.wait(60)
+        file.write(obj)
+
+    store = CheckpointStore(tmp_path / "run", on_commit=record)
+    called = time.perf_counter()
+    future = store.save_async(1, {"a.bin": b"x" * 5000}, serializer=Serializer("held", held_dump, snapshot=bytes))
+    returned = time.perf_counter()
+    held.set()
+    result = future.result(timeout=60)
+    store.close()
+    assert result.seconds_blocked <= returned - called
+    assert result.seconds_background > 0
+    assert result.seconds_blocked + result.seconds_background <= result.seconds
+    assert result.throughput == result.bytes_written / result.seconds
+    assert result.bytes_written == 5000
+    assert result.durability == "full"
+    assert seen == [result]
+    assert seen[0].seconds_background == result.seconds_background
+    assert len(threads) == 1
+    assert threads[0].startswith("atomicwrite-store")

@@ -45,6 +45,7 @@ from atomicwrite._local.windows import (
     ERROR_FILE_EXISTS,
     ERROR_FILE_NOT_FOUND,
     ERROR_LOCK_VIOLATION,
+    ERROR_PATH_NOT_FOUND,
     ERROR_SHARING_VIOLATION,
     ERROR_UNABLE_TO_MOVE_REPLACEMENT,
     MOVEFILE_REPLACE_EXISTING,
@@ -83,6 +84,8 @@ class FakeKernel32(Kernel32):
         self.hooks: dict[str, Hook] = {}
         self.held: set[str] = set()
         self.alive: set[int] = set()
+        self.handles = 0
+        self.holding: dict[int, str] = {}
 
     def fail(self, name: str, code: int, times: int | None = 1) -> None:
         if times is None:
@@ -111,6 +114,8 @@ class FakeKernel32(Kernel32):
             return ERROR_FILE_NOT_FOUND
         if src in self.held or dst in self.held:
             return ERROR_SHARING_VIOLATION
+        if os.path.isdir(src) and not os.path.islink(src):
+            return self._move_directory(src, dst, flags)
         if os.path.isdir(dst) and not os.path.islink(dst):
             return ERROR_ACCESS_DENIED
         if flags & MOVEFILE_REPLACE_EXISTING:
@@ -121,6 +126,18 @@ class FakeKernel32(Kernel32):
         except FileExistsError:
             return ERROR_ALREADY_EXISTS
         os.unlink(src)
+        return 0
+
+    def _move_directory(self, src: str, dst: str, flags: int) -> int:
+        """MoveFileExW on a directory: a rename on one volume, which never replaces anything (with
+        REPLACE_EXISTING it is refused), and is refused while a handle inside is held."""
+        if any(path.startswith(src + os.sep) for path in self.held):
+            return ERROR_SHARING_VIOLATION
+        if os.path.lexists(dst):
+            return ERROR_ACCESS_DENIED if flags & MOVEFILE_REPLACE_EXISTING else ERROR_ALREADY_EXISTS
+        if not os.path.isdir(os.path.dirname(dst)):
+            return ERROR_PATH_NOT_FOUND
+        os.rename(src, dst)
         return 0
 
     def replace_file(self, replaced: str, replacement: str, flags: int) -> int:
@@ -163,6 +180,21 @@ class FakeKernel32(Kernel32):
     def process_alive(self, pid: int) -> bool:
         self.calls.append(("IsAlive", pid))
         return pid in self.alive
+
+    def hold_directory(self, path: str) -> tuple[int, int]:
+        scripted = self._begin("HoldDirectory", path)
+        if scripted is not None:
+            return scripted, 0
+        if not os.path.isdir(path) or os.path.islink(path):
+            return ERROR_FILE_NOT_FOUND, 0
+        self.handles += 1
+        self.holding[self.handles] = path
+        self.held.add(path)
+        return 0, self.handles
+
+    def close_handle(self, handle: int) -> None:
+        self.calls.append(("CloseHandle", handle))
+        self.held.discard(self.holding.pop(handle))
 
 
 @pytest.fixture(autouse=True)
@@ -826,6 +858,8 @@ def test_module_needs_no_fcntl(tmp_path: Path) -> None:
         "    def can_delete(self, path): return 0\n"
         "    def delete_file(self, path): os.unlink(path); return 0\n"
         "    def process_alive(self, pid): return False\n"
+        "    def hold_directory(self, path): return 0, 1\n"
+        "    def close_handle(self, handle): pass\n"
         "registry._INSTANCES[''] = WindowsStrategy(kernel32=K())\n"
         "from atomicwrite import atomic_open, sweep\n"
         "with atomic_open(sys.argv[1], 'wb') as f:\n"
@@ -1050,6 +1084,19 @@ def test_real_kernel32_glue(monkeypatch: pytest.MonkeyPatch) -> None:
     functions["CreateFileW"].result = 1234
     assert kernel32.can_delete("x") == 0
     assert last_call() == ("CloseHandle", 1234)
+    assert log[-2][6] & 0x02000000  # FILE_FLAG_BACKUP_SEMANTICS: a staging directory is probed too
+
+    functions["CreateFileW"].result = invalid
+    last_error[0] = ERROR_ACCESS_DENIED
+    assert kernel32.hold_directory("d") == (ERROR_ACCESS_DENIED, 0)
+    functions["CreateFileW"].result = 4321
+    assert kernel32.hold_directory("d") == (0, 4321)
+    _, path, access, share, _, disposition, flags, _ = last_call()
+    assert (path, access, disposition) == ("d", 0x1, 3)  # FILE_LIST_DIRECTORY, OPEN_EXISTING
+    assert share == 0x1 | 0x2  # read and write shared, delete not: nobody removes or renames it
+    assert flags == 0x02000000 | 0x00200000  # a directory handle, never through a link
+    kernel32.close_handle(4321)
+    assert last_call() == ("CloseHandle", 4321)
 
     functions["OpenProcess"].result = None
     last_error[0] = 87  # ERROR_INVALID_PARAMETER: no such process

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .._api import atomic_open
+from .._directories.marker import renames_by_copying
 from .._errors import (
     AtomicPermissionError,
     ConflictError,
@@ -30,7 +31,7 @@ from .._errors import (
     TargetNotFoundError,
     UnsupportedTargetError,
 )
-from .._local.base import LocalStrategy, statfs_magic
+from .._local.base import LocalStrategy, mount_of, parse_mountinfo, statfs_magic
 from .._names import temp_name
 from .._result import CommitResult
 from .._stores.base import ObjectStoreStrategy
@@ -204,7 +205,7 @@ def filesystem_type(path: str) -> dict[str, Any]:
         if magic is not None:
             info["magic"] = f"0x{magic:x}"
             info["type"] = FS_MAGIC.get(magic)
-        mount = _mount_of(path)
+        mount = mount_of(path)
         if mount is not None:
             info["mount_point"], fstype, info["source"], info["options"] = mount
             info["type"] = fstype
@@ -220,57 +221,6 @@ def _statfs_magic(path: str) -> int | None:
         return statfs_magic(fd)
     finally:
         os.close(fd)
-
-
-def _mount_of(path: str) -> tuple[str, str, str, str] | None:
-    """``(mount point, fstype, source, options)`` from /proc/self/mountinfo: the entry whose
-    device is ``path``'s, else the longest mount point that contains it."""
-    if sys.platform == "win32":
-        return None
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as table:
-            lines = table.read().splitlines()
-        device = os.stat(path).st_dev
-    except OSError:
-        return None
-    real = os.path.realpath(path)
-    by_device: list[tuple[str, str, str, str]] = []
-    by_prefix: list[tuple[str, str, str, str]] = []
-    for line in lines:
-        parsed = parse_mountinfo(line)
-        if parsed is None:
-            continue
-        (major, minor), entry = parsed
-        point = entry[0]
-        if (major, minor) == (os.major(device), os.minor(device)) and _contains(point, real):
-            by_device.append(entry)
-        if _contains(point, real):
-            by_prefix.append(entry)
-    # The last matching entry wins: later mounts hide earlier ones on the same point.
-    for candidates in (by_device, by_prefix):
-        if candidates:
-            return max(enumerate(candidates), key=lambda item: (len(item[1][0]), item[0]))[1]
-    return None
-
-
-def parse_mountinfo(line: str) -> tuple[tuple[int, int], tuple[str, str, str, str]] | None:
-    """One line of /proc/self/mountinfo (proc(5)) as ``((major, minor), (mount point, fstype,
-    source, options))``, None if malformed.  ``options`` joins the mount's options and the file
-    system's (where NFS keeps ``nolock``, ``local_lock=``, ``vers=``)."""
-    left, sep, right = line.partition(" - ")
-    fields, tail = left.split(), right.split()
-    if not sep or len(fields) < 6 or len(tail) < 2:
-        return None
-    major, _, minor = fields[2].partition(":")
-    if not (major.isdigit() and minor.isdigit()):
-        return None
-    point = fields[4].encode().decode("unicode_escape")  # \040 for spaces and the like
-    options = ",".join([fields[5], *tail[2:3]])
-    return (int(major), int(minor)), (point, tail[0], tail[1], options)
-
-
-def _contains(mount_point: str, path: str) -> bool:
-    return path == mount_point or path.startswith(mount_point.rstrip("/") + "/")
 
 
 # --- network and cluster file systems ---------------------------------------------------------
@@ -699,7 +649,12 @@ def _probe_posix_calls(report: DoctorReport, directory: str, scratch: _Scratch, 
 
 
 def _directory_rename_check(directory: str) -> Check:
-    """Rename a scratch directory holding one entry: what publishing an atomic_directory does."""
+    """Rename a scratch directory holding one entry: what publishing an atomic_directory does
+    (except where rename is a copy, which no probe can tell from a rename: known by mount type)."""
+    copying = renames_by_copying(directory)
+    if copying is not None:
+        detail = f"{copying} renames a directory by copying every file, then deleting: not atomic, not used"
+        return Check("dir_rename", "rename of a non-empty directory", "info", detail, copying)
     first, second = temp_name(_SCRATCH, ".stage"), temp_name(_SCRATCH, ".stage")
     os.mkdir(os.path.join(directory, first), 0o700)
     try:
@@ -775,6 +730,14 @@ def _status(report: DoctorReport, key: str) -> Status | None:
     return found[0] if found else None
 
 
+_MARKER_DETAIL = (
+    "commit marker (rename copies here): files are written in place under a gen.* directory inside the"
+    " target and the manifest, written last, names it; open_directory, verify_directory and CheckpointStore"
+    " see the old directory or the new one, never a mix. A plain reader (ls, open by path) sees the gen.*"
+    " directories, an unfinished one included, and during a replace the old files until they are removed"
+)
+
+
 def _local_guarantees(
     report: DoctorReport, strategy: LocalStrategy, fstype: str, written: CommitResult, *, local_locks: bool
 ) -> None:
@@ -819,7 +782,13 @@ def _local_guarantees(
     elif not exclusive:
         how = "not honoured here"
     add(Guarantee("exclusive_create", "exclusive create", exclusive, how))
-    if _status(report, "dir_rename") is not None:
+    if _status(report, "dir_rename") == "info":
+        add(Guarantee("directories", "atomic_directory", True, _MARKER_DETAIL))
+        advise(
+            "atomic_directory and CheckpointStore publish by a commit marker here: read the directories"
+            " through open_directory, verify_directory or CheckpointStore, not by listing them"
+        )
+    elif _status(report, "dir_rename") is not None:
         renames = yes("dir_rename")
         detail = "published by renaming the staging directory"
         if not renames:

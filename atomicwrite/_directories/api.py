@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
@@ -38,8 +39,8 @@ from .._errors import (
     UsageError,
 )
 from .._strategy import WriteOptions, resolve_target
-from .manifest import Target
-from .staging import DirectoryTransaction, StagingDirectory
+from .manifest import DirectoryCommitCallback, Target
+from .staging import DirectoryTransaction, StagingDirectory, TimedTransaction, check_callback
 
 __all__ = ["atomic_directory", "begin_directory"]
 
@@ -51,8 +52,26 @@ def begin_directory(
     durability: Literal["none", "full"] = "full",
     checksums: bool = True,
     storage_options: Mapping[str, Any] | None = None,
+    on_commit: DirectoryCommitCallback | None = None,
 ) -> DirectoryTransaction:
     """Start a directory write without a ``with`` block (see [`atomic_directory`][atomicwrite.atomic_directory])."""
+    began = time.perf_counter()
+    check_callback(on_commit)
+    transaction = _begin_protocol(
+        target, replace=replace, durability=durability, checksums=checksums, storage_options=storage_options
+    )
+    return TimedTransaction(transaction, began=began, on_commit=on_commit)
+
+
+def _begin_protocol(
+    target: Target,
+    *,
+    replace: bool,
+    durability: Literal["none", "full"],
+    checksums: bool,
+    storage_options: Mapping[str, Any] | None,
+) -> DirectoryTransaction:
+    """The transaction of the protocol that publishes a directory at ``target``."""
     if durability not in ("none", "full"):
         raise UsageError(f"durability must be 'none' or 'full' for a directory, not {durability!r}")
     strategy, location = resolve_target(target)
@@ -76,9 +95,22 @@ def begin_directory(
             )
             if os.path.basename(path) in ("", ".", ".."):
                 raise UsageError(f"{location!r} does not name a directory entry that can be replaced")
+            from .marker import MarkerTransaction, renames_by_copying
+
+            if renames_by_copying(os.path.dirname(path)) is not None:
+                # Renaming a directory there copies it: publish by a commit marker instead.
+                return MarkerTransaction(location, path, replace=replace, durability=durability, checksums=checksums)
             return LocalTransaction(
                 strategy, location, path, replace=replace, durability=durability, checksums=checksums
             )
+    from .._local.windows import WindowsStrategy
+
+    if isinstance(strategy, WindowsStrategy):
+        from .windows import WindowsDirectoryTransaction
+
+        return WindowsDirectoryTransaction(
+            strategy, location, replace=replace, durability=durability, checksums=checksums
+        )
     raise UnsupportedTargetError(f"atomic_directory does not support {location!r} ({strategy.name}) yet")
 
 
@@ -90,6 +122,7 @@ def atomic_directory(
     durability: Literal["none", "full"] = "full",
     checksums: bool = True,
     storage_options: Mapping[str, Any] | None = None,
+    on_commit: DirectoryCommitCallback | None = None,
 ) -> Iterator[StagingDirectory]:
     """Write a whole directory of files, published all at once when the block ends.
 
@@ -116,9 +149,18 @@ def atomic_directory(
             loss; ``"none"`` is atomic against process crashes only.
         checksums: record each file's SHA-256 (read back once); False records sizes only.
         storage_options: for an object store's fsspec file system.
+        on_commit: called with the [`DirectoryCommitResult`][atomicwrite.DirectoryCommitResult]
+            once the directory is published; an exception from it is raised as a
+            [`CommitCallbackError`][atomicwrite.CommitCallbackError], the directory staying
+            published.
     """
     transaction = begin_directory(
-        target, replace=replace, durability=durability, checksums=checksums, storage_options=storage_options
+        target,
+        replace=replace,
+        durability=durability,
+        checksums=checksums,
+        storage_options=storage_options,
+        on_commit=on_commit,
     )
     try:
         yield transaction.staging

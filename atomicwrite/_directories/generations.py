@@ -19,31 +19,49 @@ Retention runs only after the pointer move returned, and keeps what any policy o
 and all of them while a save of this store is still open.  On an object store a removed
 generation leaves the listing at once (its manifest goes first) and its objects are deleted in
 a background thread, so a slow delete never holds up the next save.
+
+A background save (``save_async``) snapshots what it writes before the call returns, then
+writes, publishes, moves the pointer and applies retention in one worker thread per store, one
+save after another in call order; its failure is kept until the next call to the store raises
+it (and printed at interpreter exit if none does).
 """
 
 from __future__ import annotations
 
+import atexit
+import concurrent.futures
 import contextlib
 import json
 import math
 import os
 import re
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import IO, Any, Literal, cast
+from typing import IO, Any, Literal, NamedTuple, cast
 
 from .._errors import AtomicWriteError, ConflictError, TargetNotFoundError, UnsupportedTargetError, UsageError
 from .._local.base import replace_symlink
+from .._serializers import Serializer, freeze, get_serializer
 from .._strategy import WriteOptions, resolve_target
 from .api import begin_directory
 from .local import remove_tree
-from .manifest import MANIFEST_NAME, DirectoryCommitResult, DirectoryVerification, FileEntry
+from .manifest import (
+    MANIFEST_NAME,
+    DirectoryCommitCallback,
+    DirectoryCommitResult,
+    DirectoryVerification,
+    FileEntry,
+    check_name,
+)
+from .marker import renames_by_copying
 from .reading import PublishedDirectory, open_directory, verify_directory
 from .retention import GenerationInfo, KeepLatest, RetentionPolicy, judges, rank_by_metric
-from .staging import DirectoryTransaction, StagingDirectory
+from .staging import DirectoryTransaction, StagingDirectory, check_callback, notify
 from .store import remove_prefix
 
 __all__ = ["CheckpointStore", "Generation"]
@@ -53,6 +71,10 @@ POINTER_NAME = "latest"
 PINS_NAME = ".atomicwrite-pins.json"
 PINS_FORMAT = "atomicwrite-pins/1"
 _POINTER_RETRIES = 20
+
+#: How a file of a background save is serialized: a serializer's name, a
+#: [`Serializer`][atomicwrite.Serializer], or a ``(obj, fileobj) -> None`` callable.
+SerializerSpec = str | Serializer | Callable[[Any, IO[bytes]], None]
 
 
 @dataclass(frozen=True)
@@ -122,14 +144,26 @@ def _check_metadata(metrics: Mapping[str, float] | None, tags: Mapping[str, str]
             raise UsageError(f"tags map non-empty str names to str values, not {tag!r}: {text!r}")
 
 
+class _BackgroundTimes(NamedTuple):
+    """``time.perf_counter()`` readings of a background save."""
+
+    called: float  # save_async was called
+    returned: float  # it returned: the snapshot was taken and the save queued
+    started: float  # the worker took the save up
+
+
 class _GenerationTransaction(DirectoryTransaction):
     """A directory transaction whose manifest carries the generation's metadata, and that
     tells its store when it is no longer open."""
 
-    def __init__(self, inner: DirectoryTransaction, metadata: Mapping[str, Any], done: Callable[[], None]) -> None:
+    def __init__(
+        self, inner: DirectoryTransaction, metadata: Mapping[str, Any], done: Callable[[], None], *, began: float
+    ) -> None:
         self._inner = inner
         inner.metadata = self.metadata = dict(metadata)
         self._done = done
+        #: ``time.perf_counter()`` when the save began: its result is timed from there.
+        self.began = began
         self.staging = inner.staging
         self.strategy_name = inner.strategy_name
 
@@ -158,7 +192,8 @@ class CheckpointStore:
     ```
 
     One process saves into a store at a time (the rank that commits, in distributed
-    training); any number may read.
+    training); any number may read.  [`save_async`][atomicwrite.CheckpointStore.save_async]
+    saves in the background while training goes on.
 
     Args:
         root: a local directory (created if missing) or an object-store URL.
@@ -170,6 +205,13 @@ class CheckpointStore:
         keep_last: shorthand for ``KeepLatest(keep_last)`` (added to ``keep``).
         prefix: generation names are ``prefix`` + an 8-digit number.
         durability, checksums, storage_options: as for [`atomic_directory`][atomicwrite.atomic_directory].
+        on_commit: called with each save's
+            [`DirectoryCommitResult`][atomicwrite.DirectoryCommitResult] once ``latest`` names
+            the new generation and retention has run (in the worker thread, for a background
+            save); an exception from it is raised as a
+            [`CommitCallbackError`][atomicwrite.CommitCallbackError], the save staying published.
+        max_pending: how many background saves (each holding its snapshot in memory) may be
+            queued or being written at once; a further `save_async` waits for the oldest.
     """
 
     def __init__(
@@ -182,7 +224,12 @@ class CheckpointStore:
         durability: Literal["none", "full"] = "full",
         checksums: bool = True,
         storage_options: Mapping[str, Any] | None = None,
+        on_commit: DirectoryCommitCallback | None = None,
+        max_pending: int = 2,
     ) -> None:
+        check_callback(on_commit)
+        if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
+            raise UsageError(f"max_pending must be a positive int, not {max_pending!r}")
         if keep_last is not None and (not isinstance(keep_last, int) or keep_last < 1):
             raise UsageError(f"keep_last must be a positive int or None, not {keep_last!r}")
         if not re.fullmatch(r"[A-Za-z0-9_.-]*", prefix) or prefix.startswith("."):
@@ -200,16 +247,20 @@ class CheckpointStore:
         self.durability: Literal["none", "full"] = durability
         self.checksums = checksums
         self.storage_options: dict[str, Any] = dict(storage_options or {})
+        self.on_commit = on_commit
+        self.max_pending = max_pending
         self._pattern = re.compile(re.escape(prefix) + r"(?P<number>[0-9]{8,})")
         strategy, location = resolve_target(root)
         from .._stores.base import ObjectStoreStrategy
 
         self._strategy: Any = cast(Any, strategy)
         self.local = not isinstance(strategy, ObjectStoreStrategy)
-        if not self.local and strategy.name not in ("s3", "memory"):
+        if not self.local and strategy.name not in ("s3", "gcs", "azure", "memory"):
             # The latest pointer is replaced by compare-and-swap, which needs the current
-            # version of an object; that is read for S3 and memory:// so far.
-            raise UnsupportedTargetError(f"CheckpointStore supports local paths, s3:// and memory://, not {root!r}")
+            # version of an object: a store must read one before it can hold a CheckpointStore.
+            raise UnsupportedTargetError(
+                f"CheckpointStore supports local paths, s3://, gs://, az:// and memory://, not {root!r}"
+            )
         if self.local:
             self.root = os.path.abspath(os.path.expanduser(location))
             os.makedirs(self.root, exist_ok=True)
@@ -221,10 +272,16 @@ class CheckpointStore:
         self.last_result: DirectoryCommitResult | None = None
         self._resumed_from: str | None = None
         self._open_saves = 0
-        self._closing: dict[str, Callable[[], None]] = {}
+        self._open: dict[str, _GenerationTransaction] = {}  # saves begun and not yet closed
         self._lock = threading.Lock()
         self._deleter: ThreadPoolExecutor | None = None
         self._deletions: list[Future[None]] = []
+        # Background saves: one worker, so they are written and published in call order.
+        self._saver: ThreadPoolExecutor | None = None
+        self._saver_thread: threading.Thread | None = None
+        self._saves: list[Future[DirectoryCommitResult]] = []  # queued or being written, oldest first
+        self._slots = threading.BoundedSemaphore(max_pending)
+        self._unreported: BaseException | None = None
 
     # --- names --------------------------------------------------------------------------
 
@@ -242,7 +299,11 @@ class CheckpointStore:
                 entries = os.listdir(self.root)
             except FileNotFoundError:
                 return {}
-            return {e: n for e in entries if (n := self._number(e)) is not None}
+            numbered = {e: n for e in entries if (n := self._number(e)) is not None}
+            if renames_by_copying(self.root) is None:
+                return numbered
+            # Written in place there (see marker.py): only its manifest makes one published.
+            return {e: n for e, n in numbered.items() if os.path.isfile(os.path.join(self.root, e, MANIFEST_NAME))}
         fs = self._fs
         fs.invalidate_cache(self.root)
         try:
@@ -328,11 +389,13 @@ class CheckpointStore:
     # --- saving -------------------------------------------------------------------------
 
     def next_name(self, step: int | None = None) -> str:
-        """The name the next save gets: ``step``'s, or one past the newest generation."""
+        """The name the next save gets: ``step``'s, or one past the newest generation (or save
+        of this process still in progress)."""
         if step is None:
-            numbers = self._names().values()
-            step = max(numbers, default=0) + 1
-        if not isinstance(step, int) or step < 0:
+            with self._lock:
+                open_numbers = [self._number(name) or 0 for name in self._open]
+            step = max([*self._names().values(), *open_numbers], default=0) + 1
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise UsageError(f"step must be a non-negative int, not {step!r}")
         return f"{self.prefix}{step:08d}"
 
@@ -350,7 +413,10 @@ class CheckpointStore:
 
         The generation's manifest records its step, the wall-clock time the save started,
         ``metrics`` (names to finite numbers, for [`KeepBest`][atomicwrite.KeepBest] and
-        [`find`][atomicwrite.CheckpointStore.find]) and ``tags`` (names to strings)."""
+        [`find`][atomicwrite.CheckpointStore.find]) and ``tags`` (names to strings).
+
+        Background saves still queued are published first; the error of one that failed is
+        raised here, before anything is written."""
         transaction = self.begin(step, metrics=metrics, tags=tags)
         try:
             yield transaction.staging
@@ -368,9 +434,22 @@ class CheckpointStore:
     ) -> Any:
         """Start a save without a ``with`` block: a [`DirectoryTransaction`][atomicwrite.DirectoryTransaction]
         to commit, then pass its result to [`finish`][atomicwrite.CheckpointStore.finish]
-        (or to discard)."""
+        (or to discard).  Waits for the background saves first, and raises the error of one
+        that failed."""
+        self._refuse_in_worker("begin a save")
+        self._wait_for_saves()
+        self._raise_unreported()
+        return self._begin(step, metrics, tags)
+
+    def _begin(
+        self, step: int | None, metrics: Mapping[str, float] | None, tags: Mapping[str, str] | None
+    ) -> _GenerationTransaction:
+        began = time.perf_counter()
         _check_metadata(metrics, tags)
         name = self.next_name(step)
+        with self._lock:
+            if name in self._open:
+                raise UsageError(f"a save of {name!r} is still in progress in this store")
         metadata = {
             "step": self._number(name),
             "timestamp": time.time(),
@@ -391,27 +470,181 @@ class CheckpointStore:
                 closed.set()
                 with self._lock:
                     self._open_saves -= 1
-                    self._closing.pop(name, None)
+                    self._open.pop(name, None)
 
+        transaction = _GenerationTransaction(inner, metadata, done, began=began)
         with self._lock:
             self._open_saves += 1
-            self._closing[name] = done
-        return _GenerationTransaction(inner, metadata, done)
+            self._open[name] = transaction
+        return transaction
 
     def finish(self, result: DirectoryCommitResult) -> None:
         """Move ``latest`` to the generation just published, then apply retention (only once
-        the pointer move returned: durable, with ``durability="full"``)."""
+        the pointer move returned: durable, with ``durability="full"``), then tell ``on_commit``.
+
+        ``last_result`` is the result, timed from the save's start to the pointer move."""
+        timed = self._point_latest(result)
+        self._retain()
+        notify(self.on_commit, timed)
+
+    def _point_latest(
+        self, result: DirectoryCommitResult, background: _BackgroundTimes | None = None
+    ) -> DirectoryCommitResult:
+        """Move ``latest`` to ``result``'s generation; the result timed until then (from the
+        save's start, or as ``background`` says for a background save)."""
         name = result.target.rstrip("/").replace("\\", "/").rpartition("/")[2]
         with self._lock:
-            done = self._closing.get(name)
+            transaction = self._open.get(name)
         try:
             self._point_to(name)
         finally:
-            if done is not None:
-                done()
-        self.last_result = result
+            if transaction is not None:
+                transaction._done()
+        moved = time.perf_counter()
+        if background is not None:
+            timed = result._timed(
+                moved - background.called,
+                seconds_blocked=background.returned - background.called,
+                seconds_background=moved - background.started,
+            )
+        elif transaction is not None:
+            timed = result._timed(moved - transaction.began)
+        else:  # a result this store did not begin: its own timing stands
+            timed = result
+        self.last_result = timed
+        return timed
+
+    def _retain(self) -> None:
         if self.policies:
             self.prune()
+
+    # --- saving in the background ------------------------------------------------------
+
+    def save_async(
+        self,
+        step: int | None,
+        files: Mapping[str, Any],
+        *,
+        serializer: SerializerSpec | Mapping[str, SerializerSpec] = "pickle",
+        metrics: Mapping[str, float] | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> Future[DirectoryCommitResult]:
+        """Save a generation in the background: ``files`` maps file names inside it to objects,
+        each written by ``serializer`` (one for all, or a mapping from file name to serializer);
+        returns a ``concurrent.futures.Future`` of its
+        [`DirectoryCommitResult`][atomicwrite.DirectoryCommitResult].
+
+        ```python
+        future = store.save_async(step, {"model.pt": model.state_dict()}, serializer="torch")
+        ...  # training goes on, changing the model
+        store.wait()  # or future.result(): published, and latest names it
+        ```
+
+        Before the call returns, every object is snapshotted: with the serializer's
+        ``snapshot`` hook where it has one (``"torch"`` and ``"safetensors"`` copy each tensor
+        to CPU memory, as ``atomicwrite.torch.AsyncSaver`` does; ``"bytes"`` and ``"text"``
+        keep an immutable value as it is), else by serializing it to bytes now (``"json"``,
+        ``"pickle"``); so the caller may change them at once.  One worker per store then writes,
+        publishes, moves ``latest`` and applies retention, a save at a time, in call order;
+        ``latest`` and retention move only once the generation is durable.  At most
+        ``max_pending`` saves wait in memory: a further call blocks until the oldest is
+        published.  A step left None is one past the newest generation or pending save.
+
+        Raises here, before anything is queued: bad arguments (``UsageError``), and the error
+        of an earlier background save that was not reported yet.  A failure of this save sets
+        the future's exception and is raised, once, by the next call to `save`, `begin`,
+        `save_async`, [`wait`][atomicwrite.CheckpointStore.wait] or
+        [`close`][atomicwrite.CheckpointStore.close] (or on leaving ``with store:``); one
+        still unreported at interpreter exit is printed on stderr.  So is an exception from
+        ``on_commit``, though then the save stands and the future holds its result.
+        """
+        called = time.perf_counter()
+        self._refuse_in_worker("save")
+        self._raise_unreported()
+        plan = _plan(files, serializer)
+        _check_metadata(metrics, tags)
+        self._slots.acquire()
+        transaction: _GenerationTransaction | None = None
+        try:
+            transaction = self._begin(step, metrics, tags)
+            frozen = [(name, *freeze(chosen, obj)) for name, chosen, obj in plan]
+            future: Future[DirectoryCommitResult] = Future()
+            returned = time.perf_counter()
+            with self._lock:
+                if self._saver is None:
+                    self._saver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="atomicwrite-store")
+                self._saves.append(future)
+                try:
+                    self._saver.submit(self._write_in_background, transaction, frozen, future, called, returned)
+                except BaseException:  # the interpreter is shutting down
+                    self._saves.remove(future)
+                    raise
+        except BaseException:
+            if transaction is not None:
+                transaction.discard()
+            self._slots.release()
+            raise
+        return future
+
+    def _write_in_background(
+        self,
+        transaction: _GenerationTransaction,
+        frozen: list[tuple[str, Serializer, Any]],
+        future: Future[DirectoryCommitResult],
+        called: float,
+        returned: float,
+    ) -> None:
+        self._saver_thread = threading.current_thread()
+        started = time.perf_counter()
+        try:
+            try:
+                for name, chosen, value in frozen:
+                    _write_file(transaction.staging, name, chosen, value)
+                result = transaction.commit()
+            except BaseException:
+                transaction.discard()
+                raise
+            timed = self._point_latest(result, _BackgroundTimes(called, returned, started))
+        except BaseException as exc:
+            self._failed(exc)
+            future.set_exception(exc)
+        else:
+            # Published and pointed to: the save stands whatever retention or the callback do,
+            # so their errors are reported like a failed save's, and the future has its result.
+            try:
+                self._retain()
+                notify(self.on_commit, timed)
+            except BaseException as exc:
+                self._failed(exc)
+            future.set_result(timed)
+        finally:
+            with self._lock:
+                self._saves.remove(future)
+            self._slots.release()
+
+    def _refuse_in_worker(self, what: str) -> None:
+        if threading.current_thread() is self._saver_thread:
+            raise UsageError(f"cannot {what} from this store's background-save thread (an on_commit callback)")
+
+    def _wait_for_saves(self) -> None:
+        with self._lock:
+            pending = list(self._saves)
+        concurrent.futures.wait(pending)
+
+    def _failed(self, error: BaseException) -> None:
+        with self._lock:
+            if self._unreported is None:
+                self._unreported = error
+        with _uncollected_lock:
+            _uncollected.add(self)
+
+    def _raise_unreported(self) -> None:
+        with self._lock:
+            error, self._unreported = self._unreported, None
+        if error is not None:
+            with _uncollected_lock:
+                _uncollected.discard(self)
+            raise error
 
     # --- reading ------------------------------------------------------------------------
 
@@ -620,25 +853,45 @@ class CheckpointStore:
             self._deletions.append(self._deleter.submit(remove_prefix, fs, fs._strip_protocol(f"{self.root}/{name}")))
 
     def wait(self) -> None:
-        """Wait until the background deletions of pruned generations are done."""
+        """Wait until the background saves are published and the background deletions of
+        pruned generations are done; raise the first error not reported yet."""
+        self._refuse_in_worker("wait")
+        self._wait_for_saves()
+        self._raise_unreported()
         with self._lock:
             pending = list(self._deletions)
         for future in pending:
             future.result()
 
     def close(self) -> None:
-        """Wait for the background deletions, then release the thread that runs them."""
-        self.wait()
-        with self._lock:
-            deleter, self._deleter = self._deleter, None
-        if deleter is not None:
-            deleter.shutdown(wait=True)
+        """Wait for the background saves and deletions (raising an error not reported yet),
+        then release the threads that run them.  The store stays usable."""
+        try:
+            self.wait()
+        finally:
+            with self._lock:
+                threads = [self._saver, self._deleter]
+                self._saver = self._deleter = None
+                self._saver_thread = None
+            for executor in threads:
+                if executor is not None:
+                    executor.shutdown(wait=True)
 
     def __enter__(self) -> CheckpointStore:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
+            self.close()
+            return
+        # Already unwinding: finish the saves without masking that exception, but say on it
+        # that a background save failed too, rather than drop the save's error.
+        try:
+            self.close()
+        except BaseException as save_error:
+            add_note = getattr(exc, "add_note", None)  # Python 3.11+
+            if add_note is not None:
+                add_note(f"atomicwrite: a background save of {self.root!r} failed as well: {save_error!r}")
 
     def __repr__(self) -> str:
         return f"<CheckpointStore {self.root!r}>"
@@ -646,3 +899,61 @@ class CheckpointStore:
 
 def _info(generation: Generation) -> GenerationInfo:
     return GenerationInfo(generation.name, generation.number, generation.timestamp, generation.metrics)
+
+
+def _plan(
+    files: Mapping[str, Any], serializer: SerializerSpec | Mapping[str, SerializerSpec]
+) -> list[tuple[str, Serializer, Any]]:
+    """Each file of a background save: its checked name, its serializer, its object."""
+    if not isinstance(files, Mapping):
+        raise UsageError(f"files must map file names to objects, not {type(files).__name__}")
+    per_file = serializer if isinstance(serializer, Mapping) else None
+    plan: list[tuple[str, Serializer, Any]] = []
+    seen: set[str] = set()
+    for name, obj in files.items():
+        clean = check_name(name)
+        if clean in seen:
+            raise UsageError(f"{name!r} names the same file as another entry of files")
+        seen.add(clean)
+        if per_file is None:
+            spec = cast("SerializerSpec", serializer)
+        elif name in per_file:
+            spec = per_file[name]
+        else:
+            raise UsageError(f"serializer gives no serializer for {name!r} (it names {sorted(per_file)})")
+        plan.append((clean, get_serializer(spec), obj))
+    return plan
+
+
+def _write_file(staging: StagingDirectory, name: str, chosen: Serializer, value: Any) -> None:
+    if chosen.binary:
+        with staging.open(name, "wb") as file:
+            chosen.dump(value, file)
+    else:
+        with staging.open(name, "w", encoding=chosen.encoding) as file:
+            chosen.dump(value, file)
+
+
+# Stores with a background save's error that no call has raised yet: kept alive until then, so
+# that an error is printed at exit even when its store was dropped.
+_uncollected: set[CheckpointStore] = set()
+_uncollected_lock = threading.Lock()
+
+
+@atexit.register
+def _report_uncollected() -> None:
+    # The stores' worker threads were joined before atexit handlers run (as the interpreter
+    # does for every executor), so every error a save will have is recorded by now.  A handler
+    # cannot change the exit status, so the error goes to stderr.
+    with _uncollected_lock:
+        stores = list(_uncollected)
+    for store in stores:
+        with store._lock:
+            error, store._unreported = store._unreported, None
+        if error is not None:
+            print(
+                f"atomicwrite: a background save of {store.root!r} failed and its error was never"
+                " collected (call CheckpointStore.wait() or close() to raise it):",
+                file=sys.stderr,
+            )
+            traceback.print_exception(error, file=sys.stderr)

@@ -36,6 +36,7 @@ from .manifest import (
     merge_reported,
     new_generation,
 )
+from .marker import FUSE_SUPER_MAGIC, remove_directory, renames_by_copying, sweep_marked
 from .reading import verify_directory
 from .staging import DirectoryTransaction, StagingDirectory
 
@@ -66,8 +67,6 @@ _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 # statfs(2)'s f_type of an overlay mount (linux/magic.h).
 OVERLAYFS_SUPER_MAGIC = 0x794C7630
-# ...and of a FUSE mount (sshfs, gcsfuse, s3fs, JuiceFS...).
-FUSE_SUPER_MAGIC = 0x65735546
 # errnos by which a FUSE server refuses to rename a non-empty directory.
 NO_DIRECTORY_RENAME = frozenset({errno.EXDEV, errno.ENOSYS, errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP})
 
@@ -374,7 +373,11 @@ class LocalTransaction(DirectoryTransaction):
 
 def remove_tree(parent: str, dir_fd: int, name: str) -> None:
     """Remove a directory tree, out of sight first: renamed to a fresh temp name, so no reader
-    ever finds a half-removed directory under a name it trusts."""
+    ever finds a half-removed directory under a name it trusts.  Where a rename is a copy, its
+    manifest goes first instead, then the rest in place (`atomicwrite._directories.marker`)."""
+    if renames_by_copying(parent) is not None:
+        remove_directory(os.path.join(parent, name))
+        return
     # Trash, not a staging name: a sweep may publish a dead writer's complete staging
     # directory (see _finish_interrupted_replaces), and must never bring back a removed one.
     hidden = name if parse_staging_name(name) else temp_name(name, ".trash")
@@ -444,7 +447,8 @@ def sweep_staging(
 ) -> list[str]:
     """Remove the staging directories and pointer temp links that dead writers left in a local
     ``directory``; return their paths.  ``writer_alive`` and ``renames`` are the local
-    strategy's own; a replace that died between its two renames is finished first."""
+    strategy's own; a replace that died between its two renames is finished first.  On a mount
+    where rename copies, also the unmarked generations of dead writers (`sweep_marked`)."""
     cutoff = time.time() - older_than
     removed: list[str] = []
     try:
@@ -458,6 +462,8 @@ def sweep_staging(
             dead_stages.append(entry)
     if not dry_run:
         _finish_interrupted_replaces(directory, dead_stages, renames)
+    if renames_by_copying(directory) is not None:
+        removed += sweep_marked(directory, older_than, dry_run)
     for entry in entries:
         parsed = parse_staging_name(entry)
         if parsed is None:

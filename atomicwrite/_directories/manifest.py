@@ -3,12 +3,13 @@ directory write: its files (name, size, SHA-256), the result of a commit, what v
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any, Literal
 
@@ -22,6 +23,7 @@ __all__ = [
     "CHUNK",
     "GENERATION_NAME",
     "MANIFEST_NAME",
+    "DirectoryCommitCallback",
     "DirectoryCommitResult",
     "DirectoryManifest",
     "DirectoryProblem",
@@ -111,6 +113,16 @@ class DirectoryCommitResult:
             (or the store acknowledges only durable writes), ``"none"`` otherwise.
         manifest: what was published.
         replaced: whether an existing directory was replaced.
+        seconds: wall time from the start of the write to its publication (for a
+            [`CheckpointStore`][atomicwrite.CheckpointStore] save, until ``latest`` names it;
+            for a background save, from the ``save_async`` call).
+        seconds_blocked: how long the caller was held up: ``seconds`` for a write made in the
+            caller's thread; for a background save, the snapshot (and any wait for a free slot).
+        seconds_background: time a worker thread spent writing and publishing it (0 for a
+            write made in the caller's thread).
+
+    As for [`CommitResult`][atomicwrite.CommitResult], the timings are telemetry, not identity:
+    they are left out of equality and hashing.  A result built by hand has all three at 0.
     """
 
     target: str
@@ -118,7 +130,34 @@ class DirectoryCommitResult:
     durability: Literal["none", "full"]
     manifest: DirectoryManifest
     replaced: bool
+    seconds: float = field(default=0.0, compare=False)
+    seconds_blocked: float = field(default=0.0, compare=False)
+    seconds_background: float = field(default=0.0, compare=False)
 
+    @property
+    def bytes_written(self) -> int:
+        """The size of every file published, together (the manifest not counted)."""
+        return self.manifest.total_bytes
+
+    @property
+    def throughput(self) -> float:
+        """``bytes_written / seconds`` in bytes per second; 0.0 when no time was measured."""
+        return self.bytes_written / self.seconds if self.seconds > 0 else 0.0
+
+    def _timed(
+        self, seconds: float, *, seconds_blocked: float | None = None, seconds_background: float = 0.0
+    ) -> DirectoryCommitResult:
+        """This result with its timings set (``seconds_blocked`` defaults to ``seconds``)."""
+        return dataclasses.replace(
+            self,
+            seconds=seconds,
+            seconds_blocked=seconds if seconds_blocked is None else seconds_blocked,
+            seconds_background=seconds_background,
+        )
+
+
+#: ``on_commit`` of a directory write: called with its result once it is published.
+DirectoryCommitCallback = Callable[[DirectoryCommitResult], object]
 
 ProblemKind = Literal["no-directory", "no-manifest", "bad-manifest", "missing", "size", "checksum", "unlisted"]
 

@@ -14,6 +14,7 @@ from .._errors import (
 )
 from .._strategy import WriteOptions, resolve_target
 from .manifest import (
+    GENERATION_NAME,
     MANIFEST_NAME,
     DirectoryManifest,
     DirectoryProblem,
@@ -36,13 +37,23 @@ class PublishedDirectory:
     manifest: DirectoryManifest
     local: bool
     storage_options: Mapping[str, Any] = field(default_factory=dict)
+    #: Whether a local directory's files are under its manifest's generation, as on a mount where
+    #: rename copies (`atomicwrite._directories.marker`), rather than directly in ``target``.
+    in_generation: bool = False
+
+    @property
+    def files_root(self) -> str:
+        """The directory (or prefix) that holds this version's files."""
+        if self.local and not self.in_generation:
+            return self.target
+        if self.local:
+            return os.path.join(self.target, self.manifest.generation)
+        return f"{self.target}/{self.manifest.generation}"
 
     def path(self, name: str) -> str:
         """Where the file ``name`` of this version is (a path, or a URL)."""
         clean = check_name(name)
-        if self.local:
-            return inside(self.target, clean, local=True)
-        return inside(f"{self.target}/{self.manifest.generation}", clean, local=False)
+        return inside(self.files_root, clean, local=self.local)
 
     def __truediv__(self, name: str) -> str:
         return self.path(name)
@@ -59,6 +70,20 @@ class PublishedDirectory:
 
         opened: IO[bytes] = fsspec.open(self.path(name), "rb", **self.storage_options).open()
         return opened
+
+
+def _published(
+    location: str, local: bool, manifest: DirectoryManifest, options: Mapping[str, Any] | None
+) -> PublishedDirectory:
+    # A generation directory of the manifest's own name holds the files where rename copies; a
+    # renamed directory never has one (the name is drawn when the manifest is written).  Only a
+    # name of ours: a manifest never points a reader outside its directory.
+    in_generation = (
+        local
+        and GENERATION_NAME.match(manifest.generation) is not None
+        and os.path.isdir(os.path.join(os.path.expanduser(location), manifest.generation))
+    )
+    return PublishedDirectory(location, manifest, local, dict(options or {}), in_generation)
 
 
 def _read_manifest(target: Target, storage_options: Mapping[str, Any] | None) -> tuple[str, bool, Any, bytes]:
@@ -93,7 +118,7 @@ def open_directory(target: Target, *, storage_options: Mapping[str, Any] | None 
         manifest = DirectoryManifest.from_json(data)
     except (ValueError, KeyError, TypeError) as exc:
         raise AtomicWriteError(f"{os.fspath(target)!r}: its manifest is damaged ({exc})") from exc
-    return PublishedDirectory(location, manifest, local, dict(storage_options or {}))
+    return _published(location, local, manifest, storage_options)
 
 
 def verify_directory(
@@ -122,7 +147,7 @@ def verify_directory(
         manifest = DirectoryManifest.from_json(data)
     except (ValueError, KeyError, TypeError) as exc:
         return DirectoryVerification(text, None, (DirectoryProblem("bad-manifest", "", str(exc)),), checksums)
-    published = PublishedDirectory(location, manifest, local, dict(storage_options or {}))
+    published = _published(location, local, manifest, storage_options)
     listed = {entry.name for entry in manifest.files}
     for entry in manifest.files:
         try:
@@ -142,9 +167,13 @@ def verify_directory(
             if digest != entry.sha256:
                 problems.append(DirectoryProblem("checksum", entry.name, "content differs from the manifest's SHA-256"))
     if local:
-        for directory, _, names in os.walk(location):
+        root = published.files_root
+        for directory, subdirectories, names in os.walk(root):
+            if directory == root and not published.in_generation:
+                # Another writer's unfinished generation, where rename copies: not this version's.
+                subdirectories[:] = [name for name in subdirectories if not GENERATION_NAME.match(name)]
             for name in names:
-                relative = os.path.relpath(os.path.join(directory, name), location).replace(os.sep, "/")
+                relative = os.path.relpath(os.path.join(directory, name), root).replace(os.sep, "/")
                 if relative != MANIFEST_NAME and relative not in listed:
                     problems.append(DirectoryProblem("unlisted", relative, "present but not in the manifest"))
     return DirectoryVerification(text, manifest, tuple(problems), checksums)

@@ -5,18 +5,35 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Literal
 
 from .._errors import (
+    CommitCallbackError,
     UsageError,
     os_error,
 )
 from .._local.base import flush_to_disk
-from .manifest import DirectoryCommitResult, FileEntry, check_name, digest_fd, digest_stream, inside
+from .manifest import (
+    DirectoryCommitCallback,
+    DirectoryCommitResult,
+    FileEntry,
+    check_name,
+    digest_fd,
+    digest_stream,
+    inside,
+)
 
-__all__ = ["DirectoryTransaction", "StagingDirectory", "describe_files"]
+__all__ = [
+    "DirectoryTransaction",
+    "StagingDirectory",
+    "TimedTransaction",
+    "check_callback",
+    "describe_files",
+    "notify",
+]
 
 _O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -119,6 +136,56 @@ class DirectoryTransaction:
     def discard(self) -> None:
         """Drop the staged files; the target stays as it was.  Safe to call more than once."""
         raise NotImplementedError
+
+
+def check_callback(on_commit: DirectoryCommitCallback | None) -> None:
+    """Refuse an ``on_commit`` that cannot be called, before anything is written."""
+    if on_commit is not None and not callable(on_commit):
+        raise UsageError(f"on_commit must be a callable taking the DirectoryCommitResult, not {on_commit!r}")
+
+
+def notify(on_commit: DirectoryCommitCallback | None, result: DirectoryCommitResult) -> None:
+    """Tell ``on_commit`` about a published directory.  It stays published whatever the callback
+    does, so the callback's exception is raised as the cause of a `CommitCallbackError` that
+    carries the result, as for a single file."""
+    if on_commit is None:
+        return
+    try:
+        on_commit(result)
+    except Exception as exc:
+        raise CommitCallbackError(
+            f"{result.target!r} was committed, but its on_commit callback raised {exc!r}", result=result
+        ) from exc
+
+
+class TimedTransaction(DirectoryTransaction):
+    """A directory write whose result is timed from ``began`` (a ``time.perf_counter()``) and
+    told to ``on_commit``; the protocol's own transaction does the rest."""
+
+    def __init__(
+        self, inner: DirectoryTransaction, *, began: float, on_commit: DirectoryCommitCallback | None = None
+    ) -> None:
+        self._inner = inner
+        self._began = began
+        self._on_commit = on_commit
+        self.staging = inner.staging
+        self.strategy_name = inner.strategy_name
+
+    @property  # the protocol's transaction reads it at commit
+    def metadata(self) -> Mapping[str, Any]:
+        return self._inner.metadata
+
+    @metadata.setter
+    def metadata(self, value: Mapping[str, Any]) -> None:
+        self._inner.metadata = value
+
+    def commit(self, reported: Mapping[str, FileEntry] | None = None) -> DirectoryCommitResult:
+        result = self._inner.commit(reported)._timed(time.perf_counter() - self._began)
+        notify(self._on_commit, result)
+        return result
+
+    def discard(self) -> None:
+        self._inner.discard()
 
 
 def describe_files(

@@ -48,7 +48,9 @@ __all__ = [
     "TempFileStream",
     "filesystem_type",
     "flush_to_disk",
+    "mount_of",
     "names_a_directory",
+    "parse_mountinfo",
     "replace_symlink",
     "require_version",
     "start_writeback",
@@ -60,26 +62,61 @@ __all__ = [
 def filesystem_type(path: str) -> str | None:
     """The type of the mount that holds ``path`` as /proc/self/mountinfo names it (``ext4``,
     ``overlay``, ``fuse.sshfs``...), or None where there is no such table (not Linux)."""
+    mount = mount_of(path)
+    return None if mount is None else mount[1]
+
+
+def mount_of(path: str) -> tuple[str, str, str, str] | None:
+    """``(mount point, type, source, options)`` of the mount that holds ``path``, from
+    /proc/self/mountinfo: the entry of ``path``'s device that contains it, else (``path`` not
+    there yet) the longest mount point that contains it; None where there is no such table."""
+    if sys.platform == "win32":
+        return None
     try:
-        with open("/proc/self/mountinfo", "rb") as table:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as table:
             lines = table.read().splitlines()
     except OSError:
         return None
-    real = os.fsencode(os.path.realpath(path))
-    found: tuple[int, str] | None = None
+    try:
+        device: int | None = os.stat(path).st_dev
+    except OSError:
+        device = None
+    real = os.path.realpath(path)
+    by_device: list[tuple[str, str, str, str]] = []
+    by_prefix: list[tuple[str, str, str, str]] = []
     for line in lines:
-        fields = line.split()
-        try:
-            # The mount point is field 5; the type follows the "-" that ends the optional fields.
-            point = fields[4].replace(b"\\040", b" ")
-            kind = fields[fields.index(b"-") + 1]
-        except (IndexError, ValueError):
+        parsed = parse_mountinfo(line)
+        if parsed is None or not _contains(parsed[1][0], real):
             continue
-        inside = real == point or real.startswith(point.rstrip(b"/") + b"/")
-        # The longest mount point wins, and of equal ones the last mounted (it hides the others).
-        if inside and (found is None or len(point) >= found[0]):
-            found = (len(point), os.fsdecode(kind))
-    return None if found is None else found[1]
+        (major, minor), entry = parsed
+        if device is not None and (major, minor) == (os.major(device), os.minor(device)):
+            by_device.append(entry)
+        by_prefix.append(entry)
+    # The longest mount point wins, and of equal ones the last mounted (it hides the others).
+    for candidates in (by_device, by_prefix):
+        if candidates:
+            return max(enumerate(candidates), key=lambda item: (len(item[1][0]), item[0]))[1]
+    return None
+
+
+def parse_mountinfo(line: str) -> tuple[tuple[int, int], tuple[str, str, str, str]] | None:
+    """One line of /proc/self/mountinfo (proc(5)) as ``((major, minor), (mount point, type,
+    source, options))``, None if malformed.  ``options`` joins the mount's options and the file
+    system's (where NFS keeps ``nolock``, ``local_lock=``, ``vers=``)."""
+    left, sep, right = line.partition(" - ")
+    fields, tail = left.split(), right.split()
+    if not sep or len(fields) < 6 or len(tail) < 2:
+        return None
+    major, _, minor = fields[2].partition(":")
+    if not (major.isdigit() and minor.isdigit()):
+        return None
+    point = fields[4].encode().decode("unicode_escape")  # \040 for spaces and the like
+    options = ",".join([fields[5], *tail[2:3]])
+    return (int(major), int(minor)), (point, tail[0], tail[1], options)
+
+
+def _contains(mount_point: str, path: str) -> bool:
+    return path == mount_point or path.startswith(mount_point.rstrip("/") + "/")
 
 
 def statfs_magic(fd: int) -> int | None:

@@ -69,17 +69,20 @@ __all__ = [
     "ERROR_FILE_EXISTS",
     "ERROR_FILE_NOT_FOUND",
     "ERROR_LOCK_VIOLATION",
+    "ERROR_PATH_NOT_FOUND",
     "ERROR_SHARING_VIOLATION",
     "ERROR_UNABLE_TO_MOVE_REPLACEMENT",
     "MOVEFILE_REPLACE_EXISTING",
     "MOVEFILE_WRITE_THROUGH",
     "REPLACEFILE_FLAGS",
+    "RETRYABLE",
     "RETRY_ATTEMPTS",
     "Kernel32",
     "WindowsPendingWrite",
     "WindowsStrategy",
     "load_kernel32",
     "retry_delays",
+    "winerror_error",
     "winerror_to_errno",
 ]
 
@@ -190,6 +193,17 @@ def winerror_to_errno(code: int) -> int:
     return _ERRNO_BY_WINERROR.get(code, 0)
 
 
+def winerror_error(code: int, location: str, action: str) -> AtomicOSError:
+    """The error hierarchy's exception for a Win32 call that failed with ``code`` while
+    ``action`` (``"publishing the directory"``...), its untranslated error attached."""
+    number = winerror_to_errno(code)
+    text = os.strerror(number) if number else "unexpected error"
+    cause = OSError(number, f"{text} (Windows error {code}: {_NAMES.get(code, 'unknown')})", location)
+    error = os_error(cause, location, action)
+    error.__cause__ = cause
+    return error
+
+
 # --- the kernel32 calls ----------------------------------------------------------------------------
 
 
@@ -223,6 +237,20 @@ class Kernel32(ABC):
     def process_alive(self, pid: int) -> bool:
         """Whether a process with this id is running on this host (when unsure: True)."""
 
+    @abstractmethod
+    def hold_directory(self, path: str) -> tuple[int, int]:
+        """Open the directory ``path`` sharing read and write access but not delete:
+        ``(0, handle)``, or ``(error, 0)``.
+
+        While the handle is open nobody, this process included, can delete or rename the
+        directory (`can_delete` answers ``ERROR_SHARING_VIOLATION``); the files inside stay
+        free to create, write and delete.  Never follows a link.
+        """
+
+    @abstractmethod
+    def close_handle(self, handle: int) -> None:
+        """``CloseHandle(handle)``, for a handle `hold_directory` returned."""
+
 
 if sys.platform == "win32":
     import ctypes
@@ -232,6 +260,12 @@ if sys.platform == "win32":
     _FILE_SHARE_ALL = 0x1 | 0x2 | 0x4  # FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE
     _OPEN_EXISTING = 3
     _FILE_FLAG_OPEN_REPARSE_POINT = 0x00200000
+    # Needed to open a directory at all.
+    _FILE_FLAG_BACKUP_SEMANTICS = 0x02000000
+    # FILE_READ_DATA on a directory: an access right that takes part in the share-mode check (an
+    # open asking only for attributes does not, and would hold nothing).
+    _FILE_LIST_DIRECTORY = 0x0001
+    _FILE_SHARE_READ_WRITE = 0x1 | 0x2
     _PROCESS_QUERY_LIMITED_INFORMATION = 0x1000
     _STILL_ACTIVE = 259
     _INVALID_HANDLE_VALUE = ctypes.c_void_p(-1).value
@@ -277,13 +311,37 @@ if sys.platform == "win32":
         def can_delete(self, path: str) -> int:
             # Asking for DELETE access is exactly what a live writer's share mode refuses; sharing
             # everything ourselves disturbs nobody; OPEN_REPARSE_POINT never follows a link.
+            # BACKUP_SEMANTICS: a staging directory is probed the same way as a temp file.
             handle = self._create_file(
-                path, _DELETE, _FILE_SHARE_ALL, None, _OPEN_EXISTING, _FILE_FLAG_OPEN_REPARSE_POINT, None
+                path,
+                _DELETE,
+                _FILE_SHARE_ALL,
+                None,
+                _OPEN_EXISTING,
+                _FILE_FLAG_OPEN_REPARSE_POINT | _FILE_FLAG_BACKUP_SEMANTICS,
+                None,
             )
             if handle is None or handle == _INVALID_HANDLE_VALUE:
                 return self._error()
             self._close_handle(handle)
             return 0
+
+        def hold_directory(self, path: str) -> tuple[int, int]:
+            handle = self._create_file(
+                path,
+                _FILE_LIST_DIRECTORY,
+                _FILE_SHARE_READ_WRITE,
+                None,
+                _OPEN_EXISTING,
+                _FILE_FLAG_OPEN_REPARSE_POINT | _FILE_FLAG_BACKUP_SEMANTICS,
+                None,
+            )
+            if handle is None or handle == _INVALID_HANDLE_VALUE:
+                return self._error(), 0
+            return 0, int(handle)
+
+        def close_handle(self, handle: int) -> None:
+            self._close_handle(handle)
 
         def process_alive(self, pid: int) -> bool:
             if not 0 < pid <= 0xFFFFFFFF:

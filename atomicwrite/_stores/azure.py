@@ -320,6 +320,17 @@ class AzureStrategy(ObjectStoreStrategy):
         part_size, parallel_parts = self.upload_tuning(options)
         return AzureBackend(fs, self._blob(fs, location), location, part_size=part_size, parallel_parts=parallel_parts)
 
+    def version(self, path: str, options: WriteOptions) -> object | None:
+        """The blob's ETag, as ``CommitResult.version`` reports it: what ``If-Match`` compares."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            properties = self._blob(self.filesystem(options), path).get_blob_properties()
+        except ResourceNotFoundError:
+            return None
+        etag: object = properties.etag
+        return etag
+
     def abort_upload(self, record: dict[str, Any], options: WriteOptions) -> None:
         fs = self.filesystem(options)
         with contextlib.suppress(UnsupportedTargetError):

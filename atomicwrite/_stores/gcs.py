@@ -179,14 +179,8 @@ class GCSBackend(ObjectStoreBackend):
         return str(generation)
 
     def _current_generation(self) -> str | None:
-        """The object's generation now, read from the store (not gcsfs's listing cache)."""
-        url = f"{self._endpoint}/storage/v1/b/{quote(self._bucket, safe='')}/o/{quote(self._key, safe='')}"
-        try:
-            _, _, contents = self._call("GET", url, fields="generation")
-        except FileNotFoundError:
-            return None
-        generation = json.loads(contents).get("generation")
-        return None if generation is None else str(generation)
+        with self._refusals():
+            return current_generation(self._fs, self._bucket, self._key)
 
     # --- one request ----------------------------------------------------------------------
 
@@ -308,6 +302,19 @@ class GCSBackend(ObjectStoreBackend):
             _cancel_session(self._fs, session)
 
 
+def current_generation(fs: Any, bucket: str, key: str) -> str | None:
+    """The object's generation now, read from the store (not gcsfs's listing cache); None if
+    there is no object.  This is the token ``ifGenerationMatch`` compares against."""
+    endpoint = str(fs._location).rstrip("/")
+    url = f"{endpoint}/storage/v1/b/{quote(bucket, safe='')}/o/{quote(key, safe='')}"
+    try:
+        _, _, contents = _request(fs, "GET", url, fields="generation")
+    except FileNotFoundError:
+        return None
+    generation = json.loads(contents).get("generation")
+    return None if generation is None else str(generation)
+
+
 def _persisted(headers: Any) -> int:
     """How many bytes a session holds, from the ``Range: bytes=0-N`` of a 308 answer."""
     value = headers.get("Range") if headers is not None else None
@@ -347,6 +354,12 @@ class GCSStrategy(ObjectStoreStrategy):
         # parallel_parts does not apply: a session takes its chunks in order.
         part_size, _ = self.upload_tuning(options)
         return GCSBackend(fs, bucket, key, location=location, part_size=part_size)
+
+    def version(self, path: str, options: WriteOptions) -> object | None:
+        """The object's generation (digits), as ``CommitResult.version`` reports it."""
+        fs = self.filesystem(options)
+        bucket, key, _ = self.split_object(fs, path)
+        return current_generation(fs, bucket, key)
 
     def abort_upload(self, record: dict[str, Any], options: WriteOptions) -> None:
         fs = self.filesystem(options)

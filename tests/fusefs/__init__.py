@@ -29,7 +29,7 @@ from typing import Any
 __all__ = ["SWITCHES", "FuseMount", "available", "mount", "unavailable_reason"]
 
 # What the passthrough can switch off, one name each (tests/fusefs/daemon.py says how each answers).
-SWITCHES = frozenset({"tmpfile", "renameat2", "link", "dirfsync", "flock", "dirrename"})
+SWITCHES = frozenset({"tmpfile", "renameat2", "link", "dirfsync", "flock", "dirrename", "atomicrename"})
 
 _REPOSITORY = Path(__file__).resolve().parents[2]
 # How long a mount may take to come up or go away before the helper gives up (not a test

@@ -20,6 +20,12 @@ answers:
   the switch on included: the kernel keeps the locks locally.
 - ``dirrename``: renaming a non-empty directory fails with EXDEV (overlayfs without
   ``redirect_dir``, bucket mounts without directory rename).
+- ``atomicrename``: renaming a directory copies it, file by file, to the new name, then removes
+  the original, as gcsfuse and s3 mounts do (an existing non-empty destination: ENOTEMPTY).  The
+  mount then calls itself ``fuse.gcsfuse`` in the mount table, since the library knows such mounts
+  by their type (a copy returns what a rename returns); its source still reads
+  ``atomicwrite-passthrough``.  Served as one request here, so the copy is not observable half
+  done; the tests count the copies instead (``rename-copy`` in the daemon's calls).
 
 With ``--power-loss`` the daemon also keeps the durable state in memory (see
 ``tests/test_power_loss.py`` for the model) and, on command, drops everything else.
@@ -458,12 +464,30 @@ class Passthrough(mfusepy.Operations):  # type: ignore[misc]
             moves_a_directory = os.path.isdir(source) and not os.path.islink(source)
             if "dirrename" in self.without and moves_a_directory and os.listdir(source):
                 raise OSError(errno.EXDEV, "no directory rename here")
-            if flags:
+            if "atomicrename" in self.without and moves_a_directory:
+                if flags:
+                    raise OSError(errno.EINVAL, "no rename flags for directories here")
+                self._copy_then_remove(source, destination)
+                self.calls["rename-copy"] = self.calls.get("rename-copy", 0) + 1
+            elif flags:
                 _renameat2(source, destination, flags)
             else:
                 os.rename(source, destination)
             self._counted("rename")
             return 0
+
+    @staticmethod
+    def _copy_then_remove(source: str, destination: str) -> None:
+        """A bucket mount's directory "rename": every file copied to the new name, then the
+        originals deleted (neither step atomic on a real mount)."""
+        if os.path.lexists(destination):
+            if not os.path.isdir(destination) or os.path.islink(destination):
+                raise OSError(errno.ENOTDIR, "not a directory")
+            if os.listdir(destination):
+                raise OSError(errno.ENOTEMPTY, "directory not empty")
+            os.rmdir(destination)
+        shutil.copytree(source, destination, symlinks=True)
+        shutil.rmtree(source)
 
     def chmod(self, path: str | None, mode: int) -> int:
         with self.mutex:
@@ -521,7 +545,7 @@ def main(argv: list[str]) -> None:
         "foreground": True,
         "nothreads": True,
         "fsname": "atomicwrite-passthrough",
-        "subtype": "passthrough",
+        "subtype": "gcsfuse" if "atomicrename" in without else "passthrough",
         "allow_other": True,
         "default_permissions": True,
         "use_ino": True,
