@@ -28,7 +28,9 @@ def tests(session: nox.Session) -> None:
     """The whole test suite.  `nox -s tests -- -m "not slow"` skips the long multi-process tests."""
     # The pinned CPU build first: a bare or newer torch pulls a multi-GB CUDA build.
     session.install(TORCH)
-    session.install("-e", ".[dev]", "numpy", "safetensors", LIGHTNING, *INTEGRATIONS)
+    # The bench extra too: tests/test_benchmarks.py runs every workload's wiring, peers and
+    # charts included, at tiny sizes.
+    session.install("-e", ".[dev,bench]", "numpy", LIGHTNING, *INTEGRATIONS)
     session.run("pytest", *(session.posargs or ["-q"]))
 
 
