@@ -12,8 +12,8 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import IO, Any, Literal, Protocol, overload
 
-from ._errors import AtomicWriteError, CommitCallbackError, DurabilityError, UsageError
-from ._result import CommitResult, Durability
+from ._errors import AtomicWriteError, DurabilityError, UsageError
+from ._result import CommitResult, Durability, check_on_commit, notify
 from ._serializers import Serializer, get_serializer
 from ._strategy import PendingWrite, ProgressCallback, Strategy, TargetLock, WriteOptions, resolve_target
 
@@ -102,7 +102,7 @@ class AtomicBinaryFile(io.BufferedWriter):
         finally:
             if self._lock is not None:
                 self._release()
-        _notify(self._on_commit, self._result)
+        notify(self._on_commit, self._result)
         return self._result
 
     def _timed(self, result: CommitResult) -> CommitResult:
@@ -125,7 +125,7 @@ class AtomicBinaryFile(io.BufferedWriter):
         """In a batch: the batch published this write (or found it could not flush enough).
 
         Returns the result with its timings; the batch tells ``on_commit`` once every file of
-        it is published (see `_notify`)."""
+        it is published (see `atomicwrite._result.notify`)."""
         self._finished = True
         self._result = self._timed(result)
         self._release()
@@ -171,22 +171,6 @@ class AtomicBinaryFile(io.BufferedWriter):
     def __repr__(self) -> str:
         state = "committed" if self._result else "discarded" if self._finished else "staged" if self._staged else "open"
         return f"<{type(self).__name__} {state}>"
-
-
-def _notify(on_commit: CommitCallback | None, result: CommitResult) -> None:
-    """Tell ``on_commit`` about a committed write.
-
-    The write is committed whatever the callback does, so its exception is not let through as if
-    the write had failed: it is raised as the cause of a `CommitCallbackError` that carries the
-    result."""
-    if on_commit is None:
-        return
-    try:
-        on_commit(result)
-    except Exception as exc:
-        raise CommitCallbackError(
-            f"{result.target!r} was committed, but its on_commit callback raised {exc!r}", result=result
-        ) from exc
 
 
 def _discard_after(file: AtomicBinaryFile | AtomicTextFile, error: BaseException | None) -> None:
@@ -382,8 +366,7 @@ def _open(
     on_commit: CommitCallback | None = None,
 ) -> AtomicBinaryFile | AtomicTextFile:
     opened = time.perf_counter()
-    if on_commit is not None and not callable(on_commit):
-        raise UsageError(f"on_commit must be a callable taking the CommitResult, not {on_commit!r}")
+    check_on_commit(on_commit)
     if binary and (encoding is not None or errors is not None or newline is not None):
         raise UsageError("encoding, errors and newline are for text modes, not binary ones")
     if not binary:

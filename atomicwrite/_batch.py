@@ -21,11 +21,10 @@ from ._api import (
     TextMode,
     _discard_after,
     _note_cleanup_failure,
-    _notify,
     atomic_open,
 )
 from ._errors import AtomicWriteError, CommitCallbackError, DurabilityError, UsageError
-from ._result import CommitResult, Durability
+from ._result import CommitResult, Durability, notify
 from ._strategy import PendingWrite
 
 __all__ = ["AtomicBatch", "BatchError", "atomic_batch"]
@@ -289,7 +288,7 @@ class AtomicBatch:
         for binary in complete:
             assert binary.result is not None
             try:
-                _notify(binary._on_commit, binary.result)
+                notify(binary._on_commit, binary.result)
             except CommitCallbackError as exc:
                 callback_error = callback_error or exc
         if failure is not None:

@@ -40,7 +40,7 @@ from . import torch as _awt
 from ._api import CommitCallback, atomic_open
 from ._errors import UsageError
 from ._local.base import flush_to_disk, replace_symlink
-from ._result import Durability
+from ._result import Durability, check_on_commit
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -177,8 +177,7 @@ class _AtomicCheckpointIOMethods:
         on_commit: CommitCallback | None = None,
     ) -> None:
         super().__init__()
-        if on_commit is not None and not callable(on_commit):
-            raise UsageError(f"on_commit must be a callable taking the CommitResult, not {on_commit!r}")
+        check_on_commit(on_commit)
         self.durability: Durability = durability
         self.storage_options: dict[str, Any] = dict(storage_options or {})
         self.on_commit = on_commit

@@ -46,9 +46,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import IO, Any, Literal, TypeVar, overload
 
-from ._api import CommitCallback, Target, _notify, atomic_open
+from ._api import CommitCallback, Target, atomic_open
 from ._errors import AtomicWriteError, CommitCallbackError, UsageError
-from ._result import CommitResult, Durability
+from ._result import CommitResult, Durability, check_on_commit, close_while_unwinding, notify
 from ._serializers import Serializer
 from ._strategy import WriteOptions, resolve_target, split_protocol
 
@@ -185,10 +185,9 @@ def save(
             on_commit=on_commit,
             **torch_save_kwargs,
         )
-    if on_commit is not None and not callable(on_commit):
-        raise UsageError(f"on_commit must be a callable taking the CommitResult, not {on_commit!r}")
+    check_on_commit(on_commit)
     result = _save_now(obj, target, storage_options, durability, torch_save_kwargs)
-    _notify(on_commit, result)
+    notify(on_commit, result)
     return result
 
 
@@ -372,8 +371,7 @@ class AsyncSaver:
     ) -> None:
         if max_pending < 1:
             raise UsageError(f"max_pending must be at least 1, not {max_pending!r}")
-        if on_commit is not None and not callable(on_commit):
-            raise UsageError(f"on_commit must be a callable taking the CommitResult, not {on_commit!r}")
+        check_on_commit(on_commit)
         self.max_pending = max_pending
         self.on_commit = on_commit
         self.durability: Durability = durability
@@ -417,8 +415,7 @@ class AsyncSaver:
         """
         called = time.perf_counter()
         _check_save_kwargs(torch_save_kwargs)
-        if on_commit is not None and not callable(on_commit):
-            raise UsageError(f"on_commit must be a callable taking the CommitResult, not {on_commit!r}")
+        check_on_commit(on_commit)
         self._check_usable()
         self._raise_unreported()
         options = self.storage_options if storage_options is None else storage_options
@@ -449,7 +446,7 @@ class AsyncSaver:
                 future.set_exception(exc)
             else:
                 try:
-                    _notify(callback, result)
+                    notify(callback, result)
                 except CommitCallbackError as exc:
                     self._failed(exc)
                 future.set_result(result)
@@ -517,14 +514,7 @@ class AsyncSaver:
         if exc is None:
             self.close()
             return
-        # Already unwinding: finish the writes without masking that exception, but say on it
-        # that a save failed too, rather than drop the save's error.
-        try:
-            self.close()
-        except BaseException as save_error:
-            add_note = getattr(exc, "add_note", None)  # Python 3.11+
-            if add_note is not None:
-                add_note(f"atomicwrite: a background save failed as well: {save_error!r}")
+        close_while_unwinding(self.close, exc, "a background save")
 
     def _check_usable(self) -> None:
         if self._closed:

@@ -38,9 +38,10 @@ from .._errors import (
     UnsupportedTargetError,
     UsageError,
 )
+from .._result import check_on_commit
 from .._strategy import WriteOptions, resolve_target
 from .manifest import DirectoryCommitCallback, Target
-from .staging import DirectoryTransaction, StagingDirectory, TimedTransaction, check_callback
+from .staging import DirectoryTransaction, StagingDirectory, TimedTransaction
 
 __all__ = ["atomic_directory", "begin_directory"]
 
@@ -56,7 +57,7 @@ def begin_directory(
 ) -> DirectoryTransaction:
     """Start a directory write without a ``with`` block (see [`atomic_directory`][atomicwrite.atomic_directory])."""
     began = time.perf_counter()
-    check_callback(on_commit)
+    check_on_commit(on_commit, "DirectoryCommitResult")
     transaction = _begin_protocol(
         target, replace=replace, durability=durability, checksums=checksums, storage_options=storage_options
     )

@@ -46,6 +46,7 @@ from typing import IO, Any, Literal, NamedTuple, cast
 
 from .._errors import AtomicWriteError, ConflictError, TargetNotFoundError, UnsupportedTargetError, UsageError
 from .._local.base import replace_symlink
+from .._result import check_on_commit, close_while_unwinding, notify
 from .._serializers import Serializer, freeze, get_serializer
 from .._strategy import WriteOptions, resolve_target
 from .api import begin_directory
@@ -61,7 +62,7 @@ from .manifest import (
 from .marker import renames_by_copying
 from .reading import PublishedDirectory, open_directory, verify_directory
 from .retention import GenerationInfo, KeepLatest, RetentionPolicy, judges, rank_by_metric
-from .staging import DirectoryTransaction, StagingDirectory, check_callback, notify
+from .staging import DirectoryTransaction, StagingDirectory
 from .store import remove_prefix
 
 __all__ = ["CheckpointStore", "Generation"]
@@ -227,7 +228,7 @@ class CheckpointStore:
         on_commit: DirectoryCommitCallback | None = None,
         max_pending: int = 2,
     ) -> None:
-        check_callback(on_commit)
+        check_on_commit(on_commit, "DirectoryCommitResult")
         if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
             raise UsageError(f"max_pending must be a positive int, not {max_pending!r}")
         if keep_last is not None and (not isinstance(keep_last, int) or keep_last < 1):
@@ -884,14 +885,7 @@ class CheckpointStore:
         if exc is None:
             self.close()
             return
-        # Already unwinding: finish the saves without masking that exception, but say on it
-        # that a background save failed too, rather than drop the save's error.
-        try:
-            self.close()
-        except BaseException as save_error:
-            add_note = getattr(exc, "add_note", None)  # Python 3.11+
-            if add_note is not None:
-                add_note(f"atomicwrite: a background save of {self.root!r} failed as well: {save_error!r}")
+        close_while_unwinding(self.close, exc, f"a background save of {self.root!r}")
 
     def __repr__(self) -> str:
         return f"<CheckpointStore {self.root!r}>"

@@ -11,11 +11,11 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from .._errors import (
-    CommitCallbackError,
     UsageError,
     os_error,
 )
 from .._local.base import flush_to_disk
+from .._result import notify
 from .manifest import (
     DirectoryCommitCallback,
     DirectoryCommitResult,
@@ -30,9 +30,7 @@ __all__ = [
     "DirectoryTransaction",
     "StagingDirectory",
     "TimedTransaction",
-    "check_callback",
     "describe_files",
-    "notify",
 ]
 
 _O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
@@ -136,26 +134,6 @@ class DirectoryTransaction:
     def discard(self) -> None:
         """Drop the staged files; the target stays as it was.  Safe to call more than once."""
         raise NotImplementedError
-
-
-def check_callback(on_commit: DirectoryCommitCallback | None) -> None:
-    """Refuse an ``on_commit`` that cannot be called, before anything is written."""
-    if on_commit is not None and not callable(on_commit):
-        raise UsageError(f"on_commit must be a callable taking the DirectoryCommitResult, not {on_commit!r}")
-
-
-def notify(on_commit: DirectoryCommitCallback | None, result: DirectoryCommitResult) -> None:
-    """Tell ``on_commit`` about a published directory.  It stays published whatever the callback
-    does, so the callback's exception is raised as the cause of a `CommitCallbackError` that
-    carries the result, as for a single file."""
-    if on_commit is None:
-        return
-    try:
-        on_commit(result)
-    except Exception as exc:
-        raise CommitCallbackError(
-            f"{result.target!r} was committed, but its on_commit callback raised {exc!r}", result=result
-        ) from exc
 
 
 class TimedTransaction(DirectoryTransaction):
