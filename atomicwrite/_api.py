@@ -12,8 +12,9 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import IO, Any, Literal, Protocol, overload
 
+from ._callbacks import check_on_commit, notify
 from ._errors import AtomicWriteError, DurabilityError, UsageError
-from ._result import CommitResult, Durability, check_on_commit, notify
+from ._result import CommitResult, Durability
 from ._serializers import Serializer, get_serializer
 from ._strategy import PendingWrite, ProgressCallback, Strategy, TargetLock, WriteOptions, resolve_target
 
@@ -125,7 +126,7 @@ class AtomicBinaryFile(io.BufferedWriter):
         """In a batch: the batch published this write (or found it could not flush enough).
 
         Returns the result with its timings; the batch tells ``on_commit`` once every file of
-        it is published (see `atomicwrite._result.notify`)."""
+        it is published (see `atomicwrite._callbacks.notify`)."""
         self._finished = True
         self._result = self._timed(result)
         self._release()

@@ -23,8 +23,9 @@ from ._api import (
     _note_cleanup_failure,
     atomic_open,
 )
+from ._callbacks import notify
 from ._errors import AtomicWriteError, CommitCallbackError, DurabilityError, UsageError
-from ._result import CommitResult, Durability, notify
+from ._result import CommitResult, Durability
 from ._strategy import PendingWrite
 
 __all__ = ["AtomicBatch", "BatchError", "atomic_batch"]

@@ -3,21 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from typing import Literal, Protocol, TypeVar
+from typing import Literal
 
-from ._errors import CommitCallbackError, UsageError
 from ._record import Record
 
-__all__ = [
-    "CommitResult",
-    "Durability",
-    "LocalVersion",
-    "check_on_commit",
-    "close_while_unwinding",
-    "durability_rank",
-    "notify",
-]
+__all__ = ["CommitResult", "Durability", "LocalVersion", "durability_rank"]
 
 #: ``"none"``: atomic against process crashes only; ``"file"``: the file's data was flushed to
 #: stable storage; ``"full"``: the file and the directory entry that names it were flushed.
@@ -137,44 +127,3 @@ class CommitResult(Record):
             f" seconds_background={self.seconds_background!r}"
         )
         return f"{super().__repr__()[:-1]}, {timings})"
-
-
-class _Published(Protocol):
-    @property
-    def target(self) -> str: ...
-
-
-_PublishedT = TypeVar("_PublishedT", bound=_Published)
-
-
-def check_on_commit(on_commit: object, result_type: str = "CommitResult") -> None:
-    """Refuse an ``on_commit`` that cannot be called, before anything is written."""
-    if on_commit is not None and not callable(on_commit):
-        raise UsageError(f"on_commit must be a callable taking the {result_type}, not {on_commit!r}")
-
-
-def notify(on_commit: Callable[[_PublishedT], object] | None, result: _PublishedT) -> None:
-    """Tell ``on_commit`` about a committed file or directory.
-
-    The write is committed whatever the callback does, so its exception is not let through as if
-    the write had failed: it is raised as the cause of a `CommitCallbackError` that carries the
-    result."""
-    if on_commit is None:
-        return
-    try:
-        on_commit(result)
-    except Exception as exc:
-        raise CommitCallbackError(
-            f"{result.target!r} was committed, but its on_commit callback raised {exc!r}", result=result
-        ) from exc
-
-
-def close_while_unwinding(close: Callable[[], None], unwinding: BaseException, what: str) -> None:
-    """Run ``close`` (which finishes background saves) while ``unwinding`` propagates: a save's
-    failure then becomes a note on ``unwinding`` rather than masking it or being dropped."""
-    try:
-        close()
-    except BaseException as failure:
-        add_note = getattr(unwinding, "add_note", None)  # Python 3.11+
-        if add_note is not None:
-            add_note(f"atomicwrite: {what} failed as well: {failure!r}")

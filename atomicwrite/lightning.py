@@ -38,9 +38,10 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from . import torch as _awt
 from ._api import CommitCallback, atomic_open
+from ._callbacks import check_on_commit
 from ._errors import UsageError
 from ._local.base import flush_to_disk, replace_symlink
-from ._result import Durability, check_on_commit
+from ._result import Durability
 
 if TYPE_CHECKING:
     from concurrent.futures import Future

@@ -47,8 +47,9 @@ from dataclasses import dataclass
 from typing import IO, Any, Literal, TypeVar, overload
 
 from ._api import CommitCallback, Target, atomic_open
+from ._callbacks import check_on_commit, close_while_unwinding, notify
 from ._errors import AtomicWriteError, CommitCallbackError, UsageError
-from ._result import CommitResult, Durability, check_on_commit, close_while_unwinding, notify
+from ._result import CommitResult, Durability
 from ._serializers import Serializer
 from ._strategy import WriteOptions, resolve_target, split_protocol
 

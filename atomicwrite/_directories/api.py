@@ -34,11 +34,11 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
+from .._callbacks import check_on_commit
 from .._errors import (
     UnsupportedTargetError,
     UsageError,
 )
-from .._result import check_on_commit
 from .._strategy import WriteOptions, resolve_target
 from .manifest import DirectoryCommitCallback, Target
 from .staging import DirectoryTransaction, StagingDirectory, TimedTransaction

@@ -44,9 +44,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Any, Literal, NamedTuple, cast
 
+from .._callbacks import check_on_commit, close_while_unwinding, notify
 from .._errors import AtomicWriteError, ConflictError, TargetNotFoundError, UnsupportedTargetError, UsageError
 from .._local.base import replace_symlink
-from .._result import check_on_commit, close_while_unwinding, notify
 from .._serializers import Serializer, freeze, get_serializer
 from .._strategy import WriteOptions, resolve_target
 from .api import begin_directory

@@ -10,12 +10,12 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Literal
 
+from .._callbacks import notify
 from .._errors import (
     UsageError,
     os_error,
 )
 from .._local.base import flush_to_disk
-from .._result import notify
 from .manifest import (
     DirectoryCommitCallback,
     DirectoryCommitResult,
