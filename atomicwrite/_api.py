@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import IO, Any, Literal, Protocol, overload
 
 from ._callbacks import check_on_commit, notify
+from ._checksums import AUTO, ChecksumChoice, check_choice
 from ._errors import AtomicWriteError, DurabilityError, UsageError
 from ._result import CommitResult, Durability
 from ._serializers import Serializer, get_serializer
@@ -315,12 +316,21 @@ def _options(
     if_match: object | None,
     storage_options: Mapping[str, Any] | None,
     progress: ProgressCallback | None = None,
+    checksum: ChecksumChoice | None = AUTO,
 ) -> WriteOptions:
     plain = if_match is None and storage_options is None and progress is None
     if plain:
         # Most writes pass a handful of flags and nothing else: their options are built (and
         # checked) once.  WriteOptions is immutable, so every such write can share them.
-        key = (exclusive, durability, accept_weaker_durability, preserve_permissions, permissions, follow_symlinks)
+        key = (
+            exclusive,
+            durability,
+            accept_weaker_durability,
+            preserve_permissions,
+            permissions,
+            follow_symlinks,
+            checksum,
+        )
         try:
             cached = _PLAIN_OPTIONS.get(key)
         except TypeError:  # an unhashable argument: the checks below name it
@@ -335,6 +345,7 @@ def _options(
         raise UsageError("if_match replaces a known version; it cannot be combined with exclusive creation")
     level: Durability = durability  # type: ignore[assignment]  # checked just above
     options = WriteOptions(
+        checksum=check_choice(checksum),
         exclusive=exclusive,
         durability=level,
         accept_weaker_durability=accept_weaker_durability,
@@ -406,6 +417,7 @@ def atomic_open(
     storage_options: Mapping[str, Any] | None = ...,
     progress: ProgressCallback | None = ...,
     on_commit: CommitCallback | None = ...,
+    checksum: ChecksumChoice | None = ...,
 ) -> AtomicBinaryFile: ...
 
 
@@ -427,6 +439,7 @@ def atomic_open(
     storage_options: Mapping[str, Any] | None = ...,
     progress: ProgressCallback | None = ...,
     on_commit: CommitCallback | None = ...,
+    checksum: ChecksumChoice | None = ...,
 ) -> AtomicTextFile: ...
 
 
@@ -448,6 +461,7 @@ def atomic_open(
     storage_options: Mapping[str, Any] | None = ...,
     progress: ProgressCallback | None = ...,
     on_commit: CommitCallback | None = ...,
+    checksum: ChecksumChoice | None = ...,
 ) -> AtomicBinaryFile | AtomicTextFile: ...
 
 
@@ -468,6 +482,7 @@ def atomic_open(
     storage_options: Mapping[str, Any] | None = None,
     progress: ProgressCallback | None = None,
     on_commit: CommitCallback | None = None,
+    checksum: ChecksumChoice | None = AUTO,
 ) -> AtomicBinaryFile | AtomicTextFile:
     """Open ``target`` for an all-or-nothing write.
 
@@ -516,6 +531,12 @@ def atomic_open(
             [`DurabilityError`][atomicwrite.DurabilityError]), in the thread that commits.  An
             exception from it is raised as
             [`CommitCallbackError`][atomicwrite.CommitCallbackError]: the write stays committed.
+        checksum: the algorithm the content is hashed with on the way out: ``"crc64nvme"``,
+            ``"crc32c"``, ``"crc32"``, ``"sha256"`` or ``"md5"``.  An object store that validates
+            it is sent the digest with the publishing request and refuses a corrupted upload;
+            the digest is in the result's ``checksum``.  ``"auto"`` (the default) picks the
+            fastest one the store validates (S3: CRC64NVME; GCS: CRC32C; see the guarantees
+            page), and hashes nothing for a local file; None hashes nothing anywhere.
 
     Returns:
         [`AtomicBinaryFile`][atomicwrite.AtomicBinaryFile] or
@@ -535,6 +556,7 @@ def atomic_open(
         if_match=if_match,
         storage_options=storage_options,
         progress=progress,
+        checksum=checksum,
     )
     strategy, location = resolve_target(target)
     return _open(
@@ -615,6 +637,7 @@ def atomic_update(
         follow_symlinks=options.pop("follow_symlinks", True),
         if_match=None,
         storage_options=options.pop("storage_options", None),
+        checksum=options.pop("checksum", AUTO),
     )
     if options:
         raise UsageError(f"unexpected options for atomic_update: {', '.join(sorted(options))}")

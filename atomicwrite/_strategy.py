@@ -50,6 +50,9 @@ class WriteOptions(Record):
     if_match: object | None
     storage_options: Mapping[str, Any]
     progress: ProgressCallback | None
+    #: The algorithm to hash the content with (one of ``_checksums.CHECKSUMS``), ``"auto"`` for
+    #: the strategy's default, or None for no checksum.
+    checksum: str | None
     _fields = (
         "exclusive",
         "durability",
@@ -60,6 +63,7 @@ class WriteOptions(Record):
         "if_match",
         "storage_options",
         "progress",
+        "checksum",
     )
 
     def __init__(  # noqa: PLR0917 - positional, like the dataclass it was
@@ -73,6 +77,7 @@ class WriteOptions(Record):
         if_match: object | None = None,
         storage_options: Mapping[str, Any] | None = None,
         progress: ProgressCallback | None = None,
+        checksum: str | None = "auto",
     ) -> None:
         self.__dict__.update(
             exclusive=exclusive,
@@ -84,6 +89,7 @@ class WriteOptions(Record):
             if_match=if_match,
             storage_options={} if storage_options is None else storage_options,
             progress=progress,
+            checksum=checksum,
         )
 
     def __hash__(self) -> int:

@@ -111,7 +111,7 @@ def _multi_rank(
                 raise failure
             raise DistributedAbortError("another rank failed during the save; nothing was published")
         gathered: list[Any] = [None] * world
-        dist.all_gather_object(gathered, [(e.name, e.size, e.sha256) for e in reports], group=group)
+        dist.all_gather_object(gathered, [(e.name, e.size, e.checksum) for e in reports], group=group)
         outcome: list[Any] = [None]
         if rank == 0:
             assert transaction is not None
@@ -137,12 +137,12 @@ def _merge_reports(gathered: list[Any]) -> dict[str, FileEntry]:
     merged: dict[str, FileEntry] = {}
     owners: dict[str, int] = {}
     for rank, entries in enumerate(gathered):
-        for name, size, sha256 in entries:
-            if name in merged and merged[name] != FileEntry(name, size, sha256):
+        for name, size, checksum in entries:
+            if name in merged and merged[name] != FileEntry(name, size, checksum):
                 raise AtomicWriteError(
                     f"{name!r} was reported by ranks {owners[name]} and {rank} with different content"
                 )
-            merged[name] = FileEntry(name, size, sha256)
+            merged[name] = FileEntry(name, size, checksum)
             owners[name] = rank
     return merged
 

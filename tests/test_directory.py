@@ -31,6 +31,7 @@ from atomicwrite import (
     sweep,
     verify_directory,
 )
+from atomicwrite._checksums import CHECKSUMS, new_digest
 from atomicwrite._directories.manifest import MANIFEST_NAME
 from atomicwrite._local.posix import PosixStrategy
 from atomicwrite._names import parse_staging_name
@@ -137,6 +138,12 @@ def write_files(stage: Any, files: dict[str, bytes], place: Place) -> None:
                 file.write(data)
 
 
+def checksum_of(algorithm: str, data: bytes) -> str:
+    digest = new_digest(algorithm)
+    digest.update(data)
+    return f"{algorithm}:{digest.digest().hex()}"
+
+
 # --- publishing ----------------------------------------------------------------------------
 
 
@@ -151,10 +158,13 @@ def test_publish_lists_every_file_in_the_manifest(place: Place) -> None:
     verification = verify_directory(target, storage_options=place.options)
     assert verification.ok, verification.problems
     assert verification.manifest is not None
-    listed = {entry.name: (entry.size, entry.sha256) for entry in verification.manifest.files}
-    import hashlib
-
-    assert listed == {name: (len(data), hashlib.sha256(data).hexdigest()) for name, data in files.items()}
+    listed = {entry.name: (entry.size, entry.checksum) for entry in verification.manifest.files}
+    # Files written by other means are read back once for a SHA-256; one written through
+    # stage.open keeps the checksum its upload computed on the way (none for a local file).
+    opened = "sha256" if place.kind == "local" else str(listed["c.txt"][1]).partition(":")[0]
+    assert opened in CHECKSUMS
+    algorithms = {name: opened if name == "c.txt" else "sha256" for name in files}
+    assert listed == {name: (len(data), checksum_of(algorithms[name], data)) for name, data in files.items()}
     for name, data in files.items():
         assert place.read(target, name) == data
     assert place.siblings() == ["ckpt"]
@@ -778,8 +788,6 @@ def test_checkpoint_store_refuses_stores_without_compare_and_swap_support() -> N
 def test_each_process_describes_the_files_it_declared(place: Place) -> None:
     """What a rank reports in a multi-rank save: its own files, flushed and hashed; a name used
     as a directory is not a file; a declared file that was never written is an error."""
-    import hashlib
-
     from atomicwrite._directories.staging import describe_files
 
     transaction = begin_directory(place.url("ckpt"), storage_options=place.options)
@@ -792,8 +800,12 @@ def test_each_process_describes_the_files_it_declared(place: Place) -> None:
             file.write(b"opened")
         entries = describe_files(stage, stage.declared)
         expected = {"shards/0.bin": b"zero", "mine.bin": b"mine", "opened.bin": b"opened"}
-        assert {(e.name, e.size, e.sha256) for e in entries} == {
-            (name, len(data), hashlib.sha256(data).hexdigest()) for name, data in expected.items()
+        listed = {e.name: (e.size, e.checksum) for e in entries}
+        opened = "sha256" if place.kind == "local" else str(listed["opened.bin"][1]).partition(":")[0]
+        assert opened in CHECKSUMS
+        assert listed == {
+            name: (len(data), checksum_of(opened if name == "opened.bin" else "sha256", data))
+            for name, data in expected.items()
         }
         stage.declare("never-written.bin")
         with pytest.raises(FileNotFoundError):

@@ -30,7 +30,7 @@ class ScriptedBackend(ObjectStoreBackend):
         self.part_delay = part_delay
         self.abort_error = abort_error
 
-    def put(self, data: bytes, *, exclusive: bool, if_match: object | None) -> object:
+    def put(self, data: bytes, *, exclusive: bool, if_match: object | None, digest: bytes | None) -> object:
         self.events.append("put")
         return 1
 
@@ -43,7 +43,7 @@ class ScriptedBackend(ObjectStoreBackend):
         time.sleep(self.part_delay)
         self.events.append(f"part {number} stored")
 
-    def complete(self, tail: bytes, *, exclusive: bool, if_match: object | None) -> object:
+    def complete(self, tail: bytes, *, exclusive: bool, if_match: object | None, digest: bytes | None) -> object:
         self.events.append("complete")
         return 2
 

@@ -6,10 +6,10 @@ Checks, each run where it applies:
   ``atomicwrite.torch.validate`` (imported only here; it needs no torch unless ``full``);
 * **recorded checksum**: a checksum stored *with* the object, compared with one computed from
   the content read back.  S3: the object's ``x-amz-checksum-*``, which atomicwrite's S3 writes
-  always record (SHA-256, per part for multipart uploads, whose object checksum is then the
-  checksum of the parts' checksums); CRC32 and SHA-1 are checked too, CRC32C and CRC64NVME are
-  reported as not checkable here.  GCS: the object's MD5 and CRC32C (the latter with
-  google-crc32c's C code).  Azure: the blob's Content-MD5, which a single Put Blob records and
+  record (CRC64NVME of the whole object by default; a SHA-256 multipart object carries the
+  checksum of its parts' checksums); CRC32C and CRC64NVME need awscrt (the ``s3`` extra) and are
+  reported as not checkable without it.  GCS: the object's MD5 and CRC32C (the latter with
+  awscrt or google-crc32c's C code).  Azure: the blob's Content-MD5, which a single Put Blob records and
   a block-list commit does not.  Anywhere else, or where the store recorded nothing, a
   ``NAME.sha256`` file beside the target in ``sha256sum``'s format.  A store's checksum proves
   that the bytes read back are the bytes the store accepted; only a checksum recorded by the
@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from .._checksums import available, new_digest
 from .._errors import TargetNotFoundError, UnsupportedTargetError
 from .._strategy import split_protocol
 
@@ -207,25 +207,13 @@ def _gcs_checksum(fs: Any, path: str, info: Mapping[str, Any]) -> CheckResult | 
     factories: dict[str, Callable[[], _Hash]] = {"md5": lambda: hashlib.md5(usedforsecurity=False)}
     if info.get("md5Hash"):
         recorded["md5"] = str(info["md5Hash"])
-    crc32c = _crc32c_factory()
+    crc32c = _factory("crc32c")
     if info.get("crc32c") and crc32c is not None:
         recorded["crc32c"] = str(info["crc32c"])
         factories["crc32c"] = crc32c
     if not recorded:
         return None
     return _compare("recorded checksum (GCS)", fs, path, recorded, factories)
-
-
-def _crc32c_factory() -> Callable[[], _Hash] | None:
-    """google-crc32c's C implementation, if installed (gcsfs brings it)."""
-    try:
-        import google_crc32c  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        return None
-    if getattr(google_crc32c, "implementation", "") != "c":
-        return None
-    checksum: Callable[[], _Hash] = google_crc32c.Checksum
-    return checksum
 
 
 def _azure_checksum(fs: Any, path: str, info: Mapping[str, Any]) -> CheckResult | None:
@@ -269,23 +257,19 @@ class _Hash(Protocol):
     def digest(self) -> bytes: ...
 
 
-class _CRC32:
-    def __init__(self) -> None:
-        self._value = 0
-
-    def update(self, data: bytes, /) -> None:
-        self._value = zlib.crc32(data, self._value)
-
-    def digest(self) -> bytes:
-        return self._value.to_bytes(4, "big")
+def _factory(algorithm: str) -> Callable[[], _Hash] | None:
+    """A running checksum of ``algorithm``, or None where its library is not installed."""
+    if not available(algorithm):
+        return None
+    return lambda: new_digest(algorithm)
 
 
 _S3_ALGORITHMS: dict[str, Callable[[], _Hash] | None] = {
     "ChecksumSHA256": hashlib.sha256,
     "ChecksumSHA1": lambda: hashlib.sha1(usedforsecurity=False),
-    "ChecksumCRC32": _CRC32,
-    "ChecksumCRC32C": None,
-    "ChecksumCRC64NVME": None,
+    "ChecksumCRC32": _factory("crc32"),
+    "ChecksumCRC32C": _factory("crc32c"),
+    "ChecksumCRC64NVME": _factory("crc64nvme"),
 }
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any, Literal
 
+from .._checksums import new_digest
 from .._errors import (
     AtomicWriteError,
     UsageError,
@@ -53,7 +54,16 @@ class FileEntry:
 
     name: str
     size: int
-    sha256: str | None
+    #: ``"<algorithm>:<hex>"`` (``"sha256:..."``, ``"crc64nvme:..."``), or None when the writer
+    #: recorded sizes only.
+    checksum: str | None
+
+    @property
+    def sha256(self) -> str | None:
+        """The hex SHA-256, where that is the recorded checksum."""
+        if self.checksum is None or not self.checksum.startswith("sha256:"):
+            return None
+        return self.checksum.removeprefix("sha256:")
 
 
 @dataclass(frozen=True)
@@ -72,7 +82,7 @@ class DirectoryManifest:
             "format": FORMAT,
             "generation": self.generation,
             "created": self.created,
-            "files": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in self.files],
+            "files": [_file_record(f) for f in self.files],
         }
         if self.metadata:
             record["metadata"] = dict(self.metadata)
@@ -84,12 +94,7 @@ class DirectoryManifest:
         record = json.loads(data)
         if not isinstance(record, dict) or record.get("format") != FORMAT:
             raise ValueError("not an atomicwrite directory manifest")
-        files = tuple(
-            FileEntry(
-                name=str(f["name"]), size=int(f["size"]), sha256=None if f["sha256"] is None else str(f["sha256"])
-            )
-            for f in record["files"]
-        )
+        files = tuple(FileEntry(str(f["name"]), int(f["size"]), _checksum_of(f)) for f in record["files"])
         metadata = record.get("metadata", {})
         if not isinstance(metadata, dict):
             raise ValueError("the manifest's metadata is not an object")
@@ -100,6 +105,21 @@ class DirectoryManifest:
     @property
     def total_bytes(self) -> int:
         return sum(f.size for f in self.files)
+
+
+def _file_record(entry: FileEntry) -> dict[str, Any]:
+    # A SHA-256 keeps the key every reader knows; another algorithm gets its own key, so that a
+    # reader that predates it sees no checksum rather than a wrong one.
+    record: dict[str, Any] = {"name": entry.name, "size": entry.size, "sha256": entry.sha256}
+    if entry.checksum is not None and entry.sha256 is None:
+        record["checksum"] = entry.checksum
+    return record
+
+
+def _checksum_of(record: Mapping[str, Any]) -> str | None:
+    if record.get("checksum") is not None:
+        return str(record["checksum"])
+    return None if record.get("sha256") is None else "sha256:" + str(record["sha256"])
 
 
 @dataclass(frozen=True)
@@ -207,20 +227,21 @@ def inside(directory: str, clean: str, *, local: bool) -> str:
 
 
 def digest_fd(fd: int) -> str:
+    """``"sha256:<hex>"`` of what is left to read from the file ``fd``."""
     digest = hashlib.sha256()
     while True:
         chunk = os.read(fd, CHUNK)
         if not chunk:
-            return digest.hexdigest()
+            return "sha256:" + digest.hexdigest()
         digest.update(chunk)
 
 
-def digest_stream(source: IO[bytes]) -> str:
-    """The SHA-256 of what is left to read from ``source``, read a chunk at a time."""
-    digest = hashlib.sha256()
+def digest_stream(source: IO[bytes], algorithm: str = "sha256") -> str:
+    """``"<algorithm>:<hex>"`` of what is left to read from ``source``, a chunk at a time."""
+    digest = new_digest(algorithm)
     while chunk := source.read(CHUNK):
         digest.update(chunk)
-    return digest.hexdigest()
+    return f"{algorithm}:{digest.digest().hex()}"
 
 
 def merge_reported(

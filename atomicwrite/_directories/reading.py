@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from .._checksums import available
 from .._errors import (
     AtomicWriteError,
     TargetNotFoundError,
@@ -68,7 +69,9 @@ class PublishedDirectory:
             return open(self.path(name), "rb")
         import fsspec
 
-        opened: IO[bytes] = fsspec.open(self.path(name), "rb", **self.storage_options).open()
+        # part_size and parallel_parts tune uploads; the file system itself does not take them.
+        options = {k: v for k, v in self.storage_options.items() if k not in ("part_size", "parallel_parts")}
+        opened: IO[bytes] = fsspec.open(self.path(name), "rb", **options).open()
         return opened
 
 
@@ -161,11 +164,17 @@ def verify_directory(
         if size != entry.size:
             problems.append(DirectoryProblem("size", entry.name, f"{size} bytes, the manifest says {entry.size}"))
             continue
-        if checksums and entry.sha256 is not None:
+        if checksums and entry.checksum is not None:
+            algorithm = entry.checksum.partition(":")[0]
+            if not available(algorithm):
+                detail = f"the manifest's {algorithm} cannot be computed here: install its library"
+                problems.append(DirectoryProblem("checksum", entry.name, detail))
+                continue
             with published.open(entry.name) as source:
-                digest = digest_stream(source)
-            if digest != entry.sha256:
-                problems.append(DirectoryProblem("checksum", entry.name, "content differs from the manifest's SHA-256"))
+                digest = digest_stream(source, algorithm)
+            if digest != entry.checksum:
+                detail = f"content differs from the manifest's {algorithm} checksum"
+                problems.append(DirectoryProblem("checksum", entry.name, detail))
     if local:
         root = published.files_root
         for directory, subdirectories, names in os.walk(root):

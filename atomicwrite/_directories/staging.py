@@ -100,9 +100,9 @@ class StagingDirectory:
         """Size and checksum of a file committed through `open`, as its commit reported them."""
         file = self._opened.get(name)
         result = None if file is None else file.result
-        if result is None or result.checksum is None or not str(result.checksum).startswith("sha256:"):
+        if result is None or result.checksum is None:
             return None
-        return FileEntry(name, int(result.bytes_written), str(result.checksum).removeprefix("sha256:"))
+        return FileEntry(name, int(result.bytes_written), str(result.checksum))
 
     def __str__(self) -> str:
         # As pathlib.Path does: str() is the location itself, for messages and f-strings.

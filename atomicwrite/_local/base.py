@@ -14,6 +14,7 @@ import time
 from abc import abstractmethod
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from .._checksums import AUTO, Digest, new_digest
 from .._errors import (
     AtomicPermissionError,
     AtomicWriteError,
@@ -239,23 +240,35 @@ class TempFileStream(io.FileIO):
     # since a Python __init__ (through super()) cost every write about 2 us more.
     _location: str = ""
     _progress: ProgressCallback | None = None
+    _digest: Digest | None = None
 
     def write(self, data: Buffer, /) -> int:
         try:
             written = io.FileIO.write(self, data)
         except OSError as exc:
             raise os_error(exc, self._location, "writing the temp file") from exc
+        if self._digest is not None and written:
+            self._digest.update(memoryview(data).cast("B")[:written])
         if self._progress is not None and written:
             self._progress.relative_update(written)
         return written
 
+    def checksum(self) -> str | None:
+        """``"<algorithm>:<hex>"`` of what was written, if a checksum was asked for."""
+        digest = self._digest
+        return None if digest is None else f"{digest.name}:{digest.digest().hex()}"
 
-def temp_stream(fd: int, location: str, progress: ProgressCallback | None) -> TempFileStream:
+
+def temp_stream(fd: int, location: str, options: WriteOptions) -> TempFileStream:
     """The raw stream over the temp file ``fd`` of a write to ``location``; ``fd`` stays open."""
     stream = TempFileStream(fd, "wb", closefd=False)
     stream._location = location
-    if progress is not None:
-        stream._progress = progress
+    if options.progress is not None:
+        stream._progress = options.progress
+    # "auto" hashes nothing here: no store checks a local file on arrival, and hashing would
+    # cost more CPU than the write itself.
+    if options.checksum not in (None, AUTO):
+        stream._digest = new_digest(options.checksum)
     return stream
 
 
@@ -272,7 +285,7 @@ class LocalPendingWrite(PendingWrite):
         self._fd: int | None = fd
         self._temp = temp
         self._options = options
-        self._stream = temp_stream(fd, location, options.progress)
+        self._stream = temp_stream(fd, location, options)
         self._done = False
 
     @property
@@ -350,7 +363,12 @@ class LocalPendingWrite(PendingWrite):
         and the caller did not accept that (``why_weaker`` says what the file system refused)."""
         options = self._options
         result = CommitResult(
-            target=self._target, strategy=strategy, durability=achieved, bytes_written=version.size, version=version
+            target=self._target,
+            strategy=strategy,
+            durability=achieved,
+            bytes_written=version.size,
+            version=version,
+            checksum=self._stream.checksum(),
         )
         if achieved != options.durability and not options.accept_weaker_durability:
             raise DurabilityError(

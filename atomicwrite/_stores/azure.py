@@ -172,7 +172,7 @@ class AzureBackend(ObjectStoreBackend):
     def _published(self) -> None:
         self._fs.invalidate_cache(self._fs._parent(self._url))
 
-    def put(self, data: bytes, *, exclusive: bool, if_match: object | None) -> object:
+    def put(self, data: bytes, *, exclusive: bool, if_match: object | None, digest: bytes | None) -> object:
         from azure.core.exceptions import HttpResponseError
         from azure.storage.blob import ContentSettings
 
@@ -226,7 +226,7 @@ class AzureBackend(ObjectStoreBackend):
         self._blob.stage_block(block_id(self._write_id, number), data, length=len(data), validate_content=True)
         self._staged.add(number)
 
-    def complete(self, tail: bytes, *, exclusive: bool, if_match: object | None) -> object:
+    def complete(self, tail: bytes, *, exclusive: bool, if_match: object | None, digest: bytes | None) -> object:
         from azure.core.exceptions import HttpResponseError
         from azure.storage.blob import BlobBlock
 

@@ -18,8 +18,8 @@ exactly the uploads its markers name: never an upload this library did not start
 
 from __future__ import annotations
 
+import base64
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, NoReturn
 
+from .._checksums import AUTO, Digest, first_available, new_digest
 from .._errors import AtomicWriteError, ConflictError, TargetExistsError, UnsupportedTargetError, UsageError, os_error
 from .._names import FRESH_TEMP_GRACE, host_tag, parse_temp_name, temp_name, writer_alive
 from .._result import CommitResult, Durability
@@ -67,6 +68,14 @@ class ObjectStoreBackend(ABC):
     #: Whether an upload outlives a writer killed mid-upload, as it does in a real store: such a
     #: write leaves a marker for sweep().  memory://'s parts die with their process.
     outlives_writer: bool = True
+    #: The checksums ``checksum="auto"`` chooses from, fastest first: the first one installed.
+    #: Stores that validate a whole-object checksum list those; the others, the cheapest CRCs.
+    default_checksums: tuple[str, ...] = ("crc64nvme", "crc32c", "crc32")
+    #: The algorithm this write hashes with (set by the pending write before any request), or None.
+    checksum: str | None = None
+    #: Set by a backend whose server refused the checksum with the request: it was sent again
+    #: without, and the store validated nothing.
+    checksum_refused: bool = False
 
     def known_uploads(self) -> list[str]:
         """The ids of the uploads already pending for the object, before :meth:`start`."""
@@ -104,8 +113,9 @@ class ObjectStoreBackend(ABC):
             raise
 
     @abstractmethod
-    def put(self, data: bytes, *, exclusive: bool, if_match: object | None) -> object:
-        """Create or replace the object in one request; return its version token."""
+    def put(self, data: bytes, *, exclusive: bool, if_match: object | None, digest: bytes | None) -> object:
+        """Create or replace the object in one request; return its version token.  ``digest`` is
+        ``data``'s checksum (of algorithm `checksum`), for the store to validate."""
 
     @abstractmethod
     def start(self, *, exclusive: bool, if_match: object | None) -> str:
@@ -116,8 +126,9 @@ class ObjectStoreBackend(ABC):
         """Upload part ``number`` (1-based); nothing becomes visible."""
 
     @abstractmethod
-    def complete(self, tail: bytes, *, exclusive: bool, if_match: object | None) -> object:
-        """Upload the ``tail`` (possibly empty) and publish the object; return its version."""
+    def complete(self, tail: bytes, *, exclusive: bool, if_match: object | None, digest: bytes | None) -> object:
+        """Upload the ``tail`` (possibly empty) and publish the object; return its version.
+        ``digest`` is the whole object's checksum (of algorithm `checksum`)."""
 
     @abstractmethod
     def abort(self) -> None:
@@ -157,7 +168,7 @@ class ObjectStorePendingWrite(PendingWrite):
         self._marker_written = False
         self._stream = _PartStream(self)
         self._part = io.BytesIO()
-        self._digest = hashlib.sha256()
+        self._digest = _choose_digest(backend, options.checksum)
         self._size = 0
         self._parts_sent = 0
         self._started = False
@@ -177,7 +188,8 @@ class ObjectStorePendingWrite(PendingWrite):
         if self._done:
             raise ValueError("write to a committed or discarded file")
         view = memoryview(data).cast("B")
-        self._digest.update(view)
+        if self._digest is not None:
+            self._digest.update(view)
         self._size += len(view)
         part_size = self._backend.part_size
         offset = 0
@@ -237,21 +249,26 @@ class ObjectStorePendingWrite(PendingWrite):
         if self._done:
             raise AtomicWriteError(f"write to {self._location!r} was already committed or discarded")
         options = self._options
+        digest = None if self._digest is None else self._digest.digest()
         try:
             if not self._started:
                 version = self._backend.put(
-                    self._part.getvalue(), exclusive=options.exclusive, if_match=options.if_match
+                    self._part.getvalue(), exclusive=options.exclusive, if_match=options.if_match, digest=digest
                 )
             else:
                 while self._inflight:
                     self._inflight[0].result()
                     self._inflight.popleft()
                 version = self._backend.complete(
-                    self._part.getvalue(), exclusive=options.exclusive, if_match=options.if_match
+                    self._part.getvalue(), exclusive=options.exclusive, if_match=options.if_match, digest=digest
                 )
         except BaseException as exc:
             self._fail(exc)
-        # Published: from here on nothing may fail the commit or undo the cleanup.
+        # Published: from here on nothing may fail the commit or undo the cleanup.  A digest the
+        # store was asked to check and refused is not reported as checked.
+        checksum = None
+        if digest is not None and not self._backend.checksum_refused:
+            checksum = f"{self._backend.checksum}:{digest.hex()}"
         tail = self._part.tell()
         self._done = True
         self._cleanup()
@@ -266,7 +283,7 @@ class ObjectStorePendingWrite(PendingWrite):
             durability=self._backend.durability,
             bytes_written=self._size,
             version=version,
-            checksum="sha256:" + self._digest.hexdigest(),
+            checksum=checksum,
         )
 
     def _fail(self, exc: BaseException) -> NoReturn:
@@ -323,6 +340,20 @@ class ObjectStorePendingWrite(PendingWrite):
         if self._marker_written:
             self._marker_written = False
             self._strategy.remove_marker(self._marker, self._options)
+
+
+def _choose_digest(backend: ObjectStoreBackend, choice: str | None) -> Digest | None:
+    """The running checksum of one write, its algorithm also set on ``backend``."""
+    if choice is None:
+        return None
+    name = first_available(backend.default_checksums) if choice == AUTO else choice
+    backend.checksum = name
+    return new_digest(name)
+
+
+def b64(digest: bytes) -> str:
+    """A digest as the stores' checksum headers carry it."""
+    return base64.b64encode(digest).decode("ascii")
 
 
 class ObjectStoreStrategy(Strategy):

@@ -19,9 +19,11 @@ as a string of digits.  Before the final chunk of an exclusive or conditional se
 metadata read turns an already lost race into a clear error sooner (and covers emulators that
 ignore preconditions on sessions); it is not what makes the commit safe.
 
-Integrity: the simple upload declares the payload's CRC32C (or MD5 without google-crc32c's C
-code) in its metadata, and the final request of a session sends ``X-Goog-Hash`` with the whole
-object's checksum, as Google's own clients do; GCS refuses an upload whose bytes do not match.
+Integrity: the simple upload declares the payload's CRC32C (or MD5) in its metadata, and the
+final request of a session sends ``X-Goog-Hash`` with the whole object's checksum, as Google's
+own clients do; GCS refuses an upload whose bytes do not match.  That is the write's own
+checksum when it is one of those two (CRC32C by default); a write hashed with another algorithm
+computes CRC32C (or MD5 without a compiled CRC32C) as well, for the store to check.
 
 What the store cannot be asked to do here:
 
@@ -39,7 +41,6 @@ What the store cannot be asked to do here:
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import importlib
@@ -50,7 +51,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 from .._errors import AtomicWriteError, UsageError
 from .._strategy import WriteOptions
-from .base import ObjectStoreBackend, ObjectStoreStrategy, PreconditionFailed
+from .base import ObjectStoreBackend, ObjectStoreStrategy, PreconditionFailed, b64
 
 __all__ = ["GCSBackend", "GCSStrategy"]
 
@@ -87,16 +88,7 @@ class _Checksum:
 
     def base64(self) -> str:
         digest: bytes = self._crc.digest() if self._crc is not None else self._md5.digest()
-        return base64.b64encode(digest).decode("ascii")
-
-    @property
-    def metadata_field(self) -> str:
-        """The object-resource field that declares this checksum."""
-        return "crc32c" if self.algorithm == "crc32c" else "md5Hash"
-
-    def header(self) -> str:
-        """The ``X-Goog-Hash`` value for the whole object."""
-        return f"{self.algorithm}={self.base64()}"
+        return b64(digest)
 
 
 def _status_of(exc: BaseException) -> object:
@@ -143,9 +135,30 @@ class GCSBackend(ObjectStoreBackend):
         self.part_size = max(CHUNK_QUANTUM, part_size // CHUNK_QUANTUM * CHUNK_QUANTUM)
         self._session: str | None = None
         self._offset = 0  # bytes the session holds
-        self._checksum = _Checksum()
+        self._own: _Checksum | None = None
+        self._hash_header: str | None = None
 
     # --- helpers ------------------------------------------------------------------------
+
+    default_checksums = ("crc32c", "md5")
+
+    def _extra_checksum(self) -> _Checksum | None:
+        """GCS validates CRC32C and MD5 only: a write hashed with another algorithm computes one
+        of those too, so that the store still refuses a corrupted upload."""
+        if self.checksum is None or self.checksum in self.default_checksums:
+            return None
+        if self._own is None:
+            self._own = _Checksum()
+        return self._own
+
+    def _declared(self, digest: bytes | None) -> tuple[str, str] | None:
+        """The algorithm GCS checks the whole object with, and the base64 digest it expects."""
+        extra = self._extra_checksum()
+        if extra is not None:
+            return extra.algorithm, extra.base64()
+        if digest is None or self.checksum is None:
+            return None
+        return self.checksum, b64(digest)
 
     @property
     def _endpoint(self) -> str:
@@ -184,10 +197,15 @@ class GCSBackend(ObjectStoreBackend):
 
     # --- one request ----------------------------------------------------------------------
 
-    def put(self, data: bytes, *, exclusive: bool, if_match: object | None) -> object:
-        checksum = _Checksum()
-        checksum.update(data)
-        metadata = json.dumps({"name": self._key, checksum.metadata_field: checksum.base64()})
+    def put(self, data: bytes, *, exclusive: bool, if_match: object | None, digest: bytes | None) -> object:
+        extra = self._extra_checksum()
+        if extra is not None:
+            extra.update(data)
+        resource = {"name": self._key}
+        declared = self._declared(digest)
+        if declared is not None:
+            resource["crc32c" if declared[0] == "crc32c" else "md5Hash"] = declared[1]
+        metadata = json.dumps(resource)
         boundary = f"atomicwrite-{uuid.uuid4().hex}"
         while boundary.encode() in data:  # pragma: no cover - 2**-122 per try
             boundary = f"atomicwrite-{uuid.uuid4().hex}"
@@ -228,17 +246,23 @@ class GCSBackend(ObjectStoreBackend):
         return self._session
 
     def upload_part(self, number: int, data: bytes) -> None:
-        self._checksum.update(data)
+        extra = self._extra_checksum()
+        if extra is not None:
+            extra.update(data)
         self._send(data, total=None)
 
-    def complete(self, tail: bytes, *, exclusive: bool, if_match: object | None) -> object:
+    def complete(self, tail: bytes, *, exclusive: bool, if_match: object | None, digest: bytes | None) -> object:
         if exclusive or if_match is not None:
             # GCS checks the session's precondition atomically as the final chunk arrives; this
             # look only turns a race already lost into a clear error before publishing.
             current = self._current_generation()
             if (exclusive and current is not None) or (not exclusive and current != str(if_match)):
                 raise PreconditionFailed(f"gs://{self._bucket}/{self._key} is at generation {current}")
-        self._checksum.update(tail)
+        extra = self._extra_checksum()
+        if extra is not None:
+            extra.update(tail)
+        declared = self._declared(digest)
+        self._hash_header = None if declared is None else f"{declared[0]}={declared[1]}"
         contents = self._send(tail, total=self._offset + len(tail))
         return self._published(contents)
 
@@ -260,7 +284,8 @@ class GCSBackend(ObjectStoreBackend):
             else:
                 span = f"{first}-{first + len(rest) - 1}" if len(rest) else "*"
                 headers["Content-Range"] = f"bytes {span}/{total}"
-                headers["X-Goog-Hash"] = self._checksum.header()
+                if self._hash_header is not None:
+                    headers["X-Goog-Hash"] = self._hash_header
             try:
                 status, reply, contents = self._call(
                     "PUT", session, headers=headers, data=data if not done else bytes(rest)

@@ -38,7 +38,7 @@ class MemoryBackend(ObjectStoreBackend):
         self._path = path
         self._parts: list[bytes] = []
 
-    def put(self, data: bytes, *, exclusive: bool, if_match: object | None) -> object:
+    def put(self, data: bytes, *, exclusive: bool, if_match: object | None, digest: bytes | None) -> object:
         with _COMMIT_LOCK:
             exists = self._fs.exists(self._path)
             current = _GENERATIONS.get(self._path) if exists else None
@@ -56,10 +56,10 @@ class MemoryBackend(ObjectStoreBackend):
     def upload_part(self, number: int, data: bytes) -> None:
         self._parts.append(data)
 
-    def complete(self, tail: bytes, *, exclusive: bool, if_match: object | None) -> object:
+    def complete(self, tail: bytes, *, exclusive: bool, if_match: object | None, digest: bytes | None) -> object:
         data = b"".join([*self._parts, tail])
         self._parts.clear()
-        return self.put(data, exclusive=exclusive, if_match=if_match)
+        return self.put(data, exclusive=exclusive, if_match=if_match, digest=digest)
 
     def abort(self) -> None:
         self._parts.clear()

@@ -9,21 +9,31 @@ publishing request itself: an exists-check before writing would not be exclusive
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 from .._errors import UnsupportedTargetError
 from .._names import parse_temp_name
 from .._strategy import WriteOptions
-from .base import MiB, ObjectStoreBackend, ObjectStoreStrategy, PreconditionFailed
+from .base import MiB, ObjectStoreBackend, ObjectStoreStrategy, PreconditionFailed, b64
 
 __all__ = ["S3Backend", "S3Strategy"]
 
 # S3 accepts parts of 5 MiB to 5 GiB (the last may be smaller) and at most 10,000 of them.
 MIN_PART = 5 * MiB
 MAX_PARTS = 10_000
+# S3's checksums that a multipart upload can carry for the whole object (FULL_OBJECT): S3
+# combines the parts' CRCs and compares them with ours at completion.  SHA-256 is only ever
+# checked per part (a COMPOSITE checksum of the parts' checksums).
+_FULL_OBJECT = ("crc64nvme", "crc32c", "crc32")
+# Error codes of an S3-compatible server that does not take a checksum it was sent.  Never a
+# checksum *mismatch* (BadDigest, InvalidDigest, XAmzContentChecksumMismatch): that is a
+# corrupted upload, and it fails.
+_CHECKSUM_REFUSED = ("InvalidArgument", "InvalidRequest", "NotImplemented", "BadRequest", "UnsupportedChecksum")
 
 
 class _Body(io.BytesIO):
@@ -67,10 +77,21 @@ def _no_such_key(exc: BaseException) -> bool:
     return "NoSuchUpload" not in str(exc)
 
 
+def _checksum_refused(exc: BaseException) -> bool:
+    """Whether an error answers a request that carried a checksum with "not supported"."""
+    for error in (exc, exc.__cause__):
+        response = getattr(error, "response", None)
+        if isinstance(response, dict):
+            return str(response.get("Error", {}).get("Code", "")) in _CHECKSUM_REFUSED
+    return False
+
+
 class S3Backend(ObjectStoreBackend):
     """S3 calls for one object, through s3fs's botocore client."""
 
     creates_upload = True
+    # botocore computes CRC64NVME (and CRC32C) with awscrt; without it, zlib's CRC32.
+    default_checksums = ("crc64nvme", "crc32")
 
     def __init__(self, fs: Any, bucket: str, key: str, *, part_size: int, parallel_parts: int) -> None:
         self._fs = fs
@@ -93,12 +114,54 @@ class S3Backend(ObjectStoreBackend):
         gone = if_match is not None and isinstance(exc, FileNotFoundError) and _no_such_key(exc)
         return gone or _precondition_failed(exc)
 
-    def put(self, data: bytes, *, exclusive: bool, if_match: object | None) -> object:
-        response = self._call(
+    def _field(self) -> str:
+        """The request field of this write's checksum: ``ChecksumCRC64NVME``..."""
+        assert self.checksum is not None
+        return "Checksum" + self.checksum.upper()
+
+    def _object_checksum(self, digest: bytes | None) -> dict[str, Any]:
+        """The arguments that have S3 check the whole object against ``digest``."""
+        if digest is None or self.checksum is None or self.checksum_refused:
+            return {}
+        if self.checksum == "md5":
+            return {"ContentMD5": b64(digest)}
+        # Given the value, botocore sends it rather than hashing the body a second time.
+        return {"ChecksumAlgorithm": self.checksum.upper(), self._field(): b64(digest)}
+
+    def _part_checksum(self, data: bytes) -> dict[str, Any]:
+        """The arguments that have S3 check one part on arrival."""
+        if self.checksum is None or self.checksum_refused:
+            return {}
+        if self.checksum == "md5":
+            return {"ContentMD5": b64(hashlib.md5(data, usedforsecurity=False).digest())}
+        return {"ChecksumAlgorithm": self.checksum.upper()}
+
+    def _checksum_call(self, method: str, checksum: dict[str, Any], **kwargs: Any) -> Any:
+        """A request that carries a checksum; sent again without it, once, if the server
+        refuses checksums (an older S3-compatible server): the write then reports none."""
+        try:
+            return self._call(method, **checksum, **kwargs)
+        except Exception as exc:
+            if not checksum or isinstance(exc, PreconditionFailed) or not _checksum_refused(exc):
+                raise
+        self.checksum_refused = True
+        body = kwargs.get("Body")
+        if body is not None:
+            body.seek(0)  # the refused request read it
+        warnings.warn(
+            f"s3://{self._bucket}/{self._key}: the server refused the {self.checksum} checksum; the upload"
+            " went on without one, and the store validated none (the result's checksum is None)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return self._call(method, **kwargs)
+
+    def put(self, data: bytes, *, exclusive: bool, if_match: object | None, digest: bytes | None) -> object:
+        response = self._checksum_call(
             "put_object",
+            self._object_checksum(digest),
             if_match=if_match,
             Body=_Body(data),
-            ChecksumAlgorithm="SHA256",
             **self._conditions(exclusive, if_match),
         )
         return response["ETag"]
@@ -107,7 +170,12 @@ class S3Backend(ObjectStoreBackend):
         return pending_uploads(self._fs, self._bucket, self._key)
 
     def start(self, *, exclusive: bool, if_match: object | None) -> str:
-        response = self._call("create_multipart_upload", ChecksumAlgorithm="SHA256")
+        checksum: dict[str, Any] = {}
+        if self.checksum in _FULL_OBJECT:
+            checksum = {"ChecksumAlgorithm": self.checksum.upper(), "ChecksumType": "FULL_OBJECT"}
+        elif self.checksum == "sha256":
+            checksum = {"ChecksumAlgorithm": "SHA256"}
+        response = self._checksum_call("create_multipart_upload", checksum)
         self._upload_id = str(response["UploadId"])
         return self._upload_id
 
@@ -116,18 +184,16 @@ class S3Backend(ObjectStoreBackend):
             raise UnsupportedTargetError(
                 f"s3://{self._bucket}/{self._key}: more than {MAX_PARTS} parts; raise part_size"
             )
-        # ChecksumAlgorithm: S3 checks each part's SHA-256 on arrival, so a corrupted part fails
-        # its upload instead of becoming part of the object.
+        # S3 checks each part's checksum on arrival, so a corrupted part fails its upload
+        # instead of becoming part of the object.
         response = self._call(
-            "upload_part", UploadId=self._upload_id, PartNumber=number, Body=_Body(data), ChecksumAlgorithm="SHA256"
+            "upload_part", UploadId=self._upload_id, PartNumber=number, Body=_Body(data), **self._part_checksum(data)
         )
-        self._parts[number] = {
-            "PartNumber": number,
-            "ETag": response["ETag"],
-            "ChecksumSHA256": response.get("ChecksumSHA256"),
-        }
+        self._parts[number] = {"PartNumber": number, "ETag": response["ETag"]}
+        if self.checksum not in (None, "md5") and not self.checksum_refused:
+            self._parts[number][self._field()] = response.get(self._field())
 
-    def complete(self, tail: bytes, *, exclusive: bool, if_match: object | None) -> object:
+    def complete(self, tail: bytes, *, exclusive: bool, if_match: object | None, digest: bytes | None) -> object:
         if tail or not self._parts:
             self.upload_part(len(self._parts) + 1, tail)
         parts = [{k: v for k, v in self._parts[n].items() if v is not None} for n in sorted(self._parts)]
@@ -137,11 +203,17 @@ class S3Backend(ObjectStoreBackend):
             head = self._call("head_object", if_match=if_match)
             if head.get("ETag") != if_match:
                 raise PreconditionFailed(f"s3://{self._bucket}/{self._key} is at {head.get('ETag')}")
+        whole: dict[str, Any] = {}
+        if self.checksum in _FULL_OBJECT and digest is not None and not self.checksum_refused:
+            # S3 combines the parts' CRCs into the object's and refuses a completion whose CRC
+            # differs: the whole object is checked, not only each part.
+            whole = {self._field(): b64(digest), "ChecksumType": "FULL_OBJECT"}
         response = self._call(
             "complete_multipart_upload",
             if_match=if_match,
             UploadId=self._upload_id,
             MultipartUpload={"Parts": parts},
+            **whole,
             **self._conditions(exclusive, if_match),
         )
         return response["ETag"]

@@ -192,7 +192,9 @@ def _plain_stage(target: str, files: dict[str, bytes], *, flush: bool) -> str:
     stage = os.path.join(parent, f".{name}.plain.stage")
     os.mkdir(stage)
     _fill(stage, files)
-    entries = tuple(FileEntry(rel, len(data), hashlib.sha256(data).hexdigest()) for rel, data in sorted(files.items()))
+    entries = tuple(
+        FileEntry(rel, len(data), "sha256:" + hashlib.sha256(data).hexdigest()) for rel, data in sorted(files.items())
+    )
     manifest = DirectoryManifest(generation=uuid.uuid4().hex, files=entries, created=time.time())
     fd = os.open(os.path.join(stage, MANIFEST_NAME), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
