@@ -2,7 +2,8 @@
 
     python -m tests._dcp_workers RANK WORLD INIT_FILE TARGET OPTIONS_JSON MODE
 
-``MODE``: ``stepN`` saves step N; ``raise``: rank 1 cannot serialize its part; ``killfinish``:
+``MODE``: ``stepN`` saves step N; ``raise``: rank 1 cannot serialize its part; ``kill1``: rank 1
+is SIGKILLed while DCP serializes its part; ``killfinish``:
 the coordinator is SIGKILLed in ``finish``, after every rank wrote its shard and before the
 manifest.  Each rank prints one JSON line on stdout as its last act: what happened to it.
 """
@@ -16,7 +17,7 @@ import sys
 from datetime import timedelta
 from typing import Any
 
-from tests._distworkers import dcp_state, report
+from tests._distworkers import KillWhenPickled, dcp_state, report
 
 
 class Unpicklable:
@@ -38,6 +39,8 @@ def main(rank: str, world: str, init_file: str, target: str, options: str, mode:
     state = dcp_state(me, step)
     if mode == "raise" and me == 1:
         state["bad"] = Unpicklable()
+    if mode == "kill1" and me == 1:
+        state["bomb"] = KillWhenPickled()
     if mode == "killfinish" and me == 0:
 
         def die(*_: Any) -> None:

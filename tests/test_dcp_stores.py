@@ -115,6 +115,15 @@ def test_two_ranks_save_replace_fail_and_get_killed(store: Place, tmp_path: Path
     assert store.everything("dcp") == step2
     check_step(target, store.options, 2)
 
+    # Rank 1 is killed mid-save: the coordinator fails on the lost peer and drops the generation;
+    # whatever the dead rank's upload left, sweep removes, and nothing else.
+    killed = run_ranks(tmp_path, target, store.options, "kill1")
+    assert killed[1][0] == -9, killed
+    assert "error" in killed[0][1], killed
+    check_step(target, store.options, 2)
+    sweep(target, older_than=0, storage_options=store.options)
+    assert store.everything("dcp") == step2
+
     # The coordinator dies after both shards are uploaded, before .metadata and the manifest.
     killed = run_ranks(tmp_path, target, store.options, "killfinish")
     assert killed[0][0] == -9, killed
