@@ -41,7 +41,7 @@ from ._directories.manifest import DirectoryCommitResult, FileEntry
 from ._directories.staging import DirectoryTransaction, StagingDirectory, describe_files
 from ._errors import AtomicWriteError, DistributedAbortError, UnsupportedTargetError
 
-__all__ = ["DistributedAbortError", "atomic_directory", "dcp_save", "dcp_writer", "save"]
+__all__ = ["DistributedAbortError", "atomic_directory", "dcp_load", "dcp_reader", "dcp_save", "dcp_writer", "save"]
 
 
 def _global_rank(dist: Any, group: Any, group_rank: int) -> int:
@@ -203,17 +203,53 @@ def save(
 # --- torch.distributed.checkpoint ------------------------------------------------------------
 
 
-def _writer_init(self: Any, target: str, *, replace: bool, checksums: bool, group: Any, **writer_options: Any) -> None:
+def _is_object_store(target: str) -> bool:
+    """Whether ``target`` is an object-store URL (raises UnsupportedTargetError for a URL that
+    no strategy writes)."""
+    from ._stores.base import ObjectStoreStrategy
+    from ._strategy import resolve_target
+
+    return isinstance(resolve_target(target)[0], ObjectStoreStrategy)
+
+
+def _writer_init(
+    self: Any,
+    target: str,
+    *,
+    replace: bool,
+    checksums: bool,
+    group: Any,
+    storage_options: Mapping[str, Any] | None,
+    **writer_options: Any,
+) -> None:
     from torch.distributed.checkpoint.filesystem import FileSystemWriter
 
-    from ._strategy import split_protocol
-
-    if split_protocol(os.fspath(target))[0] not in ("", "file", "local"):
-        raise UnsupportedTargetError(f"dcp_writer writes local (or shared) file systems, not {target!r}")
+    target = os.fspath(target)
+    on_store = _is_object_store(target)
     # sync_files: every rank flushes the files it wrote, before the coordinator publishes them.
     writer_options.setdefault("sync_files", True)
-    FileSystemWriter.__init__(self, os.fspath(target), **writer_options)
-    self._atomic_target = os.fspath(target)
+    FileSystemWriter.__init__(self, target, **writer_options)
+    if on_store:
+        from torch.distributed.checkpoint._fsspec_filesystem import FileSystem as FsspecFileSystem
+
+        from ._stores.base import ObjectStoreStrategy
+        from ._strategy import WriteOptions, resolve_target
+        from .filesystem import AtomicFileSystem
+
+        strategy = resolve_target(target)[0]
+        assert isinstance(strategy, ObjectStoreStrategy)
+        inner = strategy.filesystem(WriteOptions(storage_options=dict(storage_options or {})))
+        # Every file DCP opens (each rank's shards, the coordinator's .metadata) is an upload of
+        # ours: bounded memory, parallel parts, and the object appears only at a clean close.
+        self.fs = FsspecFileSystem()
+        self.fs.fs = AtomicFileSystem(fs=inner, **dict(storage_options or {}))
+        # A store's object is durable once its upload's close returns, which happens before the
+        # rank reports its writes: fsync has no file to act on, and os.sync() would only flush
+        # this machine's unrelated files.
+        self.sync_files = False
+    self._atomic_target = target
+    self._atomic_on_store = on_store
+    self._atomic_storage_options = dict(storage_options or {})
     self._atomic_replace = replace
     self._atomic_checksums = checksums
     self._atomic_group = group
@@ -226,6 +262,10 @@ def _writer_reset(self: Any, checkpoint_id: Any = None) -> None:
     from torch.distributed.checkpoint.filesystem import FileSystemWriter
 
     if checkpoint_id:
+        if _is_object_store(os.fspath(checkpoint_id)) != self._atomic_on_store:
+            raise UnsupportedTargetError(
+                f"this writer was built for {self._atomic_target!r}; build another for {checkpoint_id!r}"
+            )
         self._atomic_target = os.fspath(checkpoint_id)
     FileSystemWriter.reset(self, None)
 
@@ -248,7 +288,10 @@ def _writer_set_up(self: Any, is_coordinator: bool, *args: Any, **kwargs: Any) -
     if is_coordinator:
         try:
             self._atomic_transaction = begin_directory(
-                self._atomic_target, replace=self._atomic_replace, checksums=self._atomic_checksums
+                self._atomic_target,
+                replace=self._atomic_replace,
+                checksums=self._atomic_checksums,
+                storage_options=self._atomic_storage_options,
             )
             location = ("ok", self._atomic_transaction.staging.location)
         except BaseException as exc:
@@ -267,7 +310,9 @@ def _writer_set_up(self: Any, is_coordinator: bool, *args: Any, **kwargs: Any) -
     assert location is not None
     if location[0] != "ok":
         raise DistributedAbortError(f"the coordinator could not start the checkpoint: {location[1]}")
-    self.path = self.fs.init_path(location[1])
+    # On a store the path is the generation prefix's URL, opened through the atomic file
+    # system built at __init__ (fsspec's init_path would replace it by a plain one).
+    self.path = location[1] if self._atomic_on_store else self.fs.init_path(location[1])
 
 
 def _writer_finish(self: Any, metadata: Any, results: Any) -> None:
@@ -321,19 +366,33 @@ def dcp_writer(
     replace: bool = True,
     checksums: bool = True,
     process_group: Any = None,
+    storage_options: Mapping[str, Any] | None = None,
     **writer_options: Any,
 ) -> Any:
     """A ``torch.distributed.checkpoint`` StorageWriter that publishes ``target`` atomically.
 
-    It is a ``FileSystemWriter`` (``writer_options`` are its own: ``thread_count``...) whose
-    files go to a staging directory beside ``target``; the coordinator writes DCP's
-    ``.metadata``, then the manifest, then renames the directory into place (replacing an old
-    checkpoint with ``RENAME_EXCHANGE``), and only then does ``dcp.save`` return on any rank.
-    A failed or killed save publishes nothing, so ``dcp.load`` never meets a half-written
-    checkpoint.  Build it on every rank, with the ``process_group`` given to ``dcp.save``;
-    after a failed save call ``writer.discard()`` on the coordinator (or use `dcp_save`).
+    It is a ``FileSystemWriter`` (``writer_options`` are its own: ``thread_count``...).  On a
+    local or shared file system its files go to a staging directory beside ``target``; the
+    coordinator writes DCP's ``.metadata``, then the manifest, then renames the directory into
+    place (replacing an old checkpoint with ``RENAME_EXCHANGE``).  On an object store
+    (``s3://``, ``gs://``, ``az://``, ``memory://``...; ``storage_options`` are the store's)
+    every rank uploads its files under a fresh generation prefix of ``target``, each file an
+    atomic upload that appears only when complete; the coordinator writes ``.metadata``, then
+    the manifest, whose one conditional write publishes the checkpoint.  Only then does
+    ``dcp.save`` return on any rank.  A failed or killed save publishes nothing, so ``dcp.load``
+    (through `dcp_reader`) never meets a half-written checkpoint.  Build it on every rank, with
+    the ``process_group`` given to ``dcp.save``; after a failed save call ``writer.discard()`` on
+    the coordinator (or use `dcp_save`); what a killed coordinator leaves,
+    [`sweep`][atomicwrite.sweep] removes.
     """
-    return _writer_class()(target, replace=replace, checksums=checksums, group=process_group, **writer_options)
+    return _writer_class()(
+        target,
+        replace=replace,
+        checksums=checksums,
+        group=process_group,
+        storage_options=storage_options,
+        **writer_options,
+    )
 
 
 def dcp_save(
@@ -343,14 +402,22 @@ def dcp_save(
     process_group: Any = None,
     replace: bool = True,
     checksums: bool = True,
+    storage_options: Mapping[str, Any] | None = None,
     **writer_options: Any,
 ) -> DirectoryCommitResult | None:
-    """``dcp.save(state_dict)`` into ``target``, published atomically through `dcp_writer`; a
-    failure discards the staging directory.  Returns the publish's result on the coordinator,
-    None on the other ranks."""
+    """``dcp.save(state_dict)`` into ``target`` (a path or an object-store URL), published
+    atomically through `dcp_writer`; a failure discards the staging directory or generation.
+    Returns the publish's result on the coordinator, None on the other ranks."""
     from torch.distributed.checkpoint.state_dict_saver import save as dcp_save_state
 
-    writer = dcp_writer(target, replace=replace, checksums=checksums, process_group=process_group, **writer_options)
+    writer = dcp_writer(
+        target,
+        replace=replace,
+        checksums=checksums,
+        process_group=process_group,
+        storage_options=storage_options,
+        **writer_options,
+    )
     try:
         dcp_save_state(state_dict, storage_writer=writer, process_group=process_group)
     except BaseException:
@@ -358,3 +425,40 @@ def dcp_save(
         raise
     result: DirectoryCommitResult | None = writer.result
     return result
+
+
+def dcp_reader(target: str | os.PathLike[str], *, storage_options: Mapping[str, Any] | None = None) -> Any:
+    """A ``torch.distributed.checkpoint`` StorageReader for a checkpoint `dcp_writer` published.
+
+    The checkpoint is resolved through its manifest when the reader is built, so it reads the
+    published version's files (on an object store, its generation prefix), never those of a
+    save still under way.  A local checkpoint is read with a ``FileSystemReader``, one on an
+    object store through fsspec (``FsspecReader``, given ``storage_options``).  Raises
+    [`TargetNotFoundError`][atomicwrite.TargetNotFoundError] if nothing was published there.
+    """
+    from ._directories.reading import open_directory
+
+    published = open_directory(target, storage_options=storage_options)
+    if published.local:
+        from torch.distributed.checkpoint.filesystem import FileSystemReader
+
+        return FileSystemReader(published.files_root)
+    from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
+
+    return FsspecReader(published.files_root, **dict(storage_options or {}))
+
+
+def dcp_load(
+    state_dict: Any,
+    target: str | os.PathLike[str],
+    *,
+    process_group: Any = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> None:
+    """``dcp.load(state_dict)`` (in place) from the checkpoint published at ``target``, through
+    `dcp_reader`.  Each rank resolves the manifest itself: do not replace the checkpoint while
+    the ranks load it."""
+    from torch.distributed.checkpoint.state_dict_loader import load as dcp_load_state
+
+    reader = dcp_reader(target, storage_options=storage_options)
+    dcp_load_state(state_dict, storage_reader=reader, process_group=process_group)

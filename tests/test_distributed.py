@@ -22,30 +22,20 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def run_ranks(tmp_path: Path, root: Path, world: int, mode: str, run: int) -> list[tuple[int, Any]]:
-    """Start ``world`` ranks, wait for all; ``(returncode, report or None)`` per rank."""
-    init_file = tmp_path / f"init-{run}"
+def run_rank_commands(commands: list[list[str]]) -> list[tuple[int, Any]]:
+    """Start one ``python -m ARGS...`` process per rank, wait for all; ``(returncode, report or
+    None)`` per rank, the report being the JSON line a rank prints last."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     procs = [
         subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests._distworkers",
-                "store_save",
-                str(rank),
-                str(world),
-                str(init_file),
-                str(root),
-                mode,
-            ],
+            [sys.executable, "-m", *command],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for rank in range(world)
+        for command in commands
     ]
     results = []
     for proc in procs:
@@ -53,6 +43,17 @@ def run_ranks(tmp_path: Path, root: Path, world: int, mode: str, run: int) -> li
         lines = out.strip().splitlines()
         results.append((proc.returncode, json.loads(lines[-1]) if lines else {"stderr": err[-2000:]}))
     return results
+
+
+def run_ranks(tmp_path: Path, root: Path, world: int, mode: str, run: int) -> list[tuple[int, Any]]:
+    """Start ``world`` ranks, wait for all; ``(returncode, report or None)`` per rank."""
+    init_file = tmp_path / f"init-{run}"
+    return run_rank_commands(
+        [
+            ["tests._distworkers", "store_save", str(rank), str(world), str(init_file), str(root), mode]
+            for rank in range(world)
+        ]
+    )
 
 
 def check_generation(store: CheckpointStore, name: str, world: int, step: int) -> None:
@@ -163,35 +164,23 @@ def test_dcp_round_trip_and_replace_in_one_process(tmp_path: Path) -> None:
     assert load_dcp(target)["step"] == 2
 
 
-def test_dcp_writer_refuses_object_store_urls() -> None:
+def test_dcp_writer_refuses_urls_no_strategy_writes() -> None:
     from atomicwrite import UnsupportedTargetError
     from atomicwrite.distributed import dcp_writer
 
+    # Object stores are written (tests/test_dcp_stores.py); a protocol nothing writes is refused.
     with pytest.raises(UnsupportedTargetError):
-        dcp_writer("s3://bucket/ckpt")
+        dcp_writer("nosuchstore://bucket/ckpt")
 
 
 def run_dcp_ranks(tmp_path: Path, target: Path, world: int, mode: str, run: int) -> list[tuple[int, Any]]:
     init_file = tmp_path / f"dcp-init-{run}"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
-    command = [sys.executable, "-m", "tests._distworkers", "dcp"]
-    procs = [
-        subprocess.Popen(
-            [*command, str(rank), str(world), str(init_file), str(target), mode],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for rank in range(world)
-    ]
-    results = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=240)
-        lines = out.strip().splitlines()
-        results.append((proc.returncode, json.loads(lines[-1]) if lines else {"stderr": err[-2000:]}))
-    return results
+    return run_rank_commands(
+        [
+            ["tests._distworkers", "dcp", str(rank), str(world), str(init_file), str(target), mode]
+            for rank in range(world)
+        ]
+    )
 
 
 @pytest.mark.slow
