@@ -150,7 +150,7 @@ class WindowsDirectoryTransaction(DirectoryTransaction):
             if isinstance(exc, OSError) and not isinstance(exc, AtomicWriteError):
                 raise os_error(exc, location, "creating the staging directory") from exc
             raise
-        self.staging = StagingDirectory(candidate, local=True, storage_options={})
+        self.staging = StagingDirectory(candidate, local=True, storage_options={}, flush_needs_write=True)
 
     def _existing(self) -> os.stat_result | None:
         try:
@@ -325,7 +325,9 @@ def sweep_windows_staging(directory: str, older_than: float, dry_run: bool, stra
         return removed
     for entry in entries:
         parsed = parse_staging_name(entry)
-        if parsed is not None and parsed[2] == "stage":
+        # A staging directory, or a CheckpointStore generation being removed (its rmtree was
+        # killed, or a reader held a file of it).
+        if parsed is not None and parsed[2] in ("stage", "trash"):
             path = os.path.join(directory, entry)
             if _remove_stale_stage(path, parsed[:2], cutoff, dry_run, strategy):
                 removed.append(path)
