@@ -347,6 +347,9 @@ class CheckpointStore:
     def pointer(self) -> str | None:
         """The generation ``latest`` names, or None if it names none yet."""
         path = self._join(POINTER_NAME)
+        # Locally any unreadable pointer counts as none, as an unreadable symlink always did; a
+        # store's errors other than a missing object are raised, as before.
+        unreadable = OSError if self.local else FileNotFoundError
         try:
             if self.local and os.path.islink(path):
                 target = os.readlink(path)
@@ -358,7 +361,7 @@ class CheckpointStore:
             else:
                 data = self._fs.cat_file(self._fs._strip_protocol(path))
             record = json.loads(data)
-        except (OSError, ValueError):
+        except (unreadable, ValueError):
             return None
         name = record.get("generation") if isinstance(record, dict) else None
         return name if isinstance(name, str) and self._number(name) is not None else None

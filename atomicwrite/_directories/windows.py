@@ -315,8 +315,9 @@ class WindowsDirectoryTransaction(DirectoryTransaction):
 
 def sweep_windows_staging(directory: str, older_than: float, dry_run: bool, strategy: WindowsStrategy) -> list[str]:
     """Remove what dead directory writers left in a local Windows ``directory``: their staging
-    directories and trash (a `CheckpointStore` generation being retired), and in each directory under it (a target, or a `CheckpointStore` root's
-    generation), unmarked generations and pointer temp files.  Returns their paths."""
+    directories and trash (a `CheckpointStore` generation being retired), and in each directory
+    under it (a target, or a `CheckpointStore` root's generation), unmarked generations and
+    pointer temp files.  Returns their paths."""
     cutoff = time.time() - older_than
     removed: list[str] = []
     try:
