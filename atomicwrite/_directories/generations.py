@@ -5,13 +5,17 @@ Layout under ``root`` (local or object store)::
     root/
       gen-00000001/        one published directory per save (atomic_directory, never replaced)
       gen-00000002/
-      latest               -> gen-00000002 (a symlink locally; a small JSON object on stores)
+      latest               -> gen-00000002 (a symlink locally; a small JSON file on Windows
+                              and a small JSON object on stores)
       .atomicwrite-pins.json   the pinned generations (only once one was pinned)
 
 A save publishes a new generation first and moves ``latest`` second, so ``latest`` only ever
 names a complete generation; a crash between the two leaves ``latest`` on the previous one.
-Locally the pointer is swapped by renaming a fresh symlink over it (never remove-then-create);
-on an object store it is replaced conditionally (``If-Match``), and only ever forward.
+Locally the pointer is swapped by renaming a fresh symlink over it (never remove-then-create).
+On Windows, where creating a symlink needs a privilege, it is a JSON file replaced by the
+Windows file protocol (a flushed temp file, then one write-through ``MoveFileExW``), and on an
+object store a JSON object replaced conditionally (``If-Match``); both only ever move forward.
+Readers take either form wherever they find it.
 
 Retention runs only after the pointer move returned, and keeps what any policy of
 `atomicwrite._directories.retention` keeps plus what it must never delete: the generation
@@ -35,6 +39,7 @@ import json
 import math
 import os
 import re
+import shutil
 import sys
 import threading
 import time
@@ -47,6 +52,8 @@ from typing import IO, Any, Literal, NamedTuple, cast
 from .._callbacks import check_on_commit, close_while_unwinding, notify
 from .._errors import AtomicWriteError, ConflictError, TargetNotFoundError, UnsupportedTargetError, UsageError
 from .._local.base import replace_symlink
+from .._names import temp_name
+from .._result import LocalVersion
 from .._serializers import Serializer, freeze, get_serializer
 from .._strategy import WriteOptions, resolve_target
 from .api import begin_directory
@@ -255,7 +262,11 @@ class CheckpointStore:
         from .._stores.base import ObjectStoreStrategy
 
         self._strategy: Any = cast(Any, strategy)
+        from .._local.windows import WindowsStrategy
+
         self.local = not isinstance(strategy, ObjectStoreStrategy)
+        # Windows: symlinks need a privilege, and directories cannot be opened as files.
+        self._windows = isinstance(strategy, WindowsStrategy)
         if not self.local and strategy.name not in ("s3", "gcs", "azure", "memory"):
             # The latest pointer is replaced by compare-and-swap, which needs the current
             # version of an object: a store must read one before it can hold a CheckpointStore.
@@ -335,50 +346,65 @@ class CheckpointStore:
 
     def pointer(self) -> str | None:
         """The generation ``latest`` names, or None if it names none yet."""
-        if self.local:
-            try:
-                target = os.readlink(self._join(POINTER_NAME))
-            except (FileNotFoundError, OSError):
-                return None
-            return target if self._number(target) is not None else None
-        fs = self._fs
+        path = self._join(POINTER_NAME)
+        # Locally any unreadable pointer counts as none, as an unreadable symlink always did; a
+        # store's errors other than a missing object are raised, as before.
+        unreadable = OSError if self.local else FileNotFoundError
         try:
-            record = json.loads(fs.cat_file(fs._strip_protocol(self._join(POINTER_NAME))))
-        except (FileNotFoundError, ValueError):
+            if self.local and os.path.islink(path):
+                target = os.readlink(path)
+                return target if self._number(target) is not None else None
+            if self.local:
+                # The pointer file of a store written on Windows, wherever it is read.
+                with open(path, "rb") as file:
+                    data = file.read()
+            else:
+                data = self._fs.cat_file(self._fs._strip_protocol(path))
+            record = json.loads(data)
+        except (unreadable, ValueError):
             return None
         name = record.get("generation") if isinstance(record, dict) else None
         return name if isinstance(name, str) and self._number(name) is not None else None
 
     def _point_to(self, name: str) -> None:
-        if self.local:
+        if self.local and not self._windows:
             self._swap_symlink(name)
         else:
-            self._swap_pointer_object(name)
+            self._swap_pointer_record(name)
 
     def _swap_symlink(self, name: str) -> None:
         # "latest" always names a generation: the new link is renamed over the old one.
         replace_symlink(self.root, POINTER_NAME, name, durable=self.durability != "none")
 
-    def _swap_pointer_object(self, name: str) -> None:
+    def _swap_pointer_record(self, name: str) -> None:
+        """Replace the JSON pointer (an object on a store, a file on Windows) by a conditional
+        write, only ever forward."""
         from .._api import atomic_open
 
-        fs = self._fs
-        path = fs._strip_protocol(self._join(POINTER_NAME))
         number = self._number(name)
         assert number is not None
+        options: dict[str, Any]
+        if self.local:
+            url = path = self._join(POINTER_NAME)
+            # Never ReplaceFileW (it cannot write through): one write-through MoveFileExW.
+            options = {"durability": self.durability, "preserve_permissions": False}
+        else:
+            path = self._fs._strip_protocol(self._join(POINTER_NAME))
+            url = self._strategy.url(path)
+            options = {"storage_options": self.storage_options}
         for _ in range(_POINTER_RETRIES):
-            version = self._strategy.version(path, WriteOptions(storage_options=self.storage_options))
+            version = self._pointer_version(path)
             current = self.pointer() if version is not None else None
             current_number = None if current is None else self._number(current)
             if current_number is not None and current_number >= number:
                 return  # never move backwards: a newer generation is already latest
             data = json.dumps({"generation": name}).encode()
             mode = "xb" if version is None else "wb"
-            options: dict[str, Any] = {"storage_options": self.storage_options}
+            options.pop("if_match", None)
             if version is not None:
                 options["if_match"] = version
             try:
-                with atomic_open(self._strategy.url(path), mode, **options) as file:
+                with atomic_open(url, mode, **options) as file:
                     file.write(data)  # type: ignore[arg-type]  # binary: mode is "xb" or "wb"
                 return
             except (ConflictError, FileExistsError):
@@ -386,6 +412,16 @@ class CheckpointStore:
         raise ConflictError(
             f"{self._join(POINTER_NAME)!r} kept changing; it was not moved to {name!r}", expected=None, actual=None
         )
+
+    def _pointer_version(self, path: str) -> object | None:
+        """The pointer's current version (what ``if_match`` takes), None if there is none."""
+        if not self.local:
+            version: object | None = self._strategy.version(path, WriteOptions(storage_options=self.storage_options))
+            return version
+        try:
+            return LocalVersion.from_stat(os.lstat(path))
+        except FileNotFoundError:
+            return None
 
     # --- saving -------------------------------------------------------------------------
 
@@ -822,8 +858,8 @@ class CheckpointStore:
         for info in infos:
             if info.name in kept or info.step >= ceiling or not any(judges(p, info) for p in policies):
                 continue
-            self._remove(info.name)
-            removed.append(info.name)
+            if self._remove(info.name):
+                removed.append(info.name)
         return removed
 
     def _info(self, name: str, number: int) -> GenerationInfo:
@@ -834,14 +870,18 @@ class CheckpointStore:
             return GenerationInfo(name, number, None, {})
         return _info(generation)
 
-    def _remove(self, name: str) -> None:
+    def _remove(self, name: str) -> bool:
+        """Retire generation ``name``; False where it must stay for now (Windows: a reader
+        holds one of its files), to be retired by a later prune."""
+        if self._windows:
+            return self._remove_on_windows(name)
         if self.local:
             dir_fd = os.open(self.root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
             try:
                 remove_tree(self.root, dir_fd, name)
             finally:
                 os.close(dir_fd)
-            return
+            return True
         fs = self._fs
         # The manifest first: from then on the generation is not listed, and no reader trusts
         # its files; the objects go in the background, so a slow delete never holds up a save.
@@ -852,6 +892,22 @@ class CheckpointStore:
                 self._deleter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="atomicwrite-prune")
             self._deletions = [f for f in self._deletions if not f.done()]
             self._deletions.append(self._deleter.submit(remove_prefix, fs, fs._strip_protocol(f"{self.root}/{name}")))
+        return True
+
+    def _remove_on_windows(self, name: str) -> bool:
+        from .._local.windows import RETRYABLE
+
+        # Out of sight in one rename first, as remove_tree does (Windows cannot open the root
+        # for a dir_fd).  Windows refuses to rename a directory while a file in it is open: the
+        # generation then stays whole and listed, never half deleted under its name.
+        kernel32 = self._strategy.kernel32
+        source = self._join(name)
+        hidden = self._join(temp_name(name, ".trash"))
+        if self._strategy.retry(lambda: kernel32.move_file_ex(source, hidden, 0), RETRYABLE):
+            return False
+        # Best effort: what a reader still holds stays, and sweep() removes it later.
+        shutil.rmtree(hidden, ignore_errors=True)
+        return True
 
     def wait(self) -> None:
         """Wait until the background saves are published and the background deletions of

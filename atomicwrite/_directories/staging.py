@@ -36,6 +36,7 @@ __all__ = [
 _O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_BINARY = getattr(os, "O_BINARY", 0)
 
 
 class StagingDirectory:
@@ -49,9 +50,14 @@ class StagingDirectory:
     [`declared`][atomicwrite.StagingDirectory.declared]).
     """
 
-    def __init__(self, location: str, *, local: bool, storage_options: Mapping[str, Any]) -> None:
+    def __init__(
+        self, location: str, *, local: bool, storage_options: Mapping[str, Any], flush_needs_write: bool = False
+    ) -> None:
         self.location = location
         self.local = local
+        #: Whether a staged file must be opened for writing to be flushed (Windows:
+        #: FlushFileBuffers refuses a handle without GENERIC_WRITE).
+        self.flush_needs_write = flush_needs_write
         self.storage_options: dict[str, Any] = dict(storage_options)
         self._declared: set[str] = set()
         self._opened: dict[str, Any] = {}
@@ -172,13 +178,16 @@ def describe_files(
     """Flush and describe (size, SHA-256) the files ``names`` of a staging directory, from the
     process that wrote them: what each rank reports in a multi-rank save."""
     entries: list[FileEntry] = []
+    access = os.O_RDWR if staging.flush_needs_write else os.O_RDONLY
     for name in sorted(names):
         clean = check_name(name)
         if staging.local:
             path = inside(staging.location, clean, local=True)
             try:
-                fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC)
+                fd = os.open(path, access | _O_NOFOLLOW | _O_CLOEXEC | _O_BINARY)
             except OSError as exc:
+                if staging.flush_needs_write and os.path.isdir(path):
+                    continue  # a directory cannot be opened for writing: skipped below otherwise
                 raise os_error(exc, path, "flushing a staged file", verb="describe") from exc
             try:
                 st = os.fstat(fd)

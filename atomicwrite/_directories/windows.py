@@ -150,7 +150,7 @@ class WindowsDirectoryTransaction(DirectoryTransaction):
             if isinstance(exc, OSError) and not isinstance(exc, AtomicWriteError):
                 raise os_error(exc, location, "creating the staging directory") from exc
             raise
-        self.staging = StagingDirectory(candidate, local=True, storage_options={})
+        self.staging = StagingDirectory(candidate, local=True, storage_options={}, flush_needs_write=True)
 
     def _existing(self) -> os.stat_result | None:
         try:
@@ -315,8 +315,9 @@ class WindowsDirectoryTransaction(DirectoryTransaction):
 
 def sweep_windows_staging(directory: str, older_than: float, dry_run: bool, strategy: WindowsStrategy) -> list[str]:
     """Remove what dead directory writers left in a local Windows ``directory``: their staging
-    directories, and in each directory under it (a target, or a `CheckpointStore` root's
-    generation), unmarked generations and pointer temp files.  Returns their paths."""
+    directories and trash (a `CheckpointStore` generation being retired), and in each directory
+    under it (a target, or a `CheckpointStore` root's generation), unmarked generations and
+    pointer temp files.  Returns their paths."""
     cutoff = time.time() - older_than
     removed: list[str] = []
     try:
@@ -325,7 +326,9 @@ def sweep_windows_staging(directory: str, older_than: float, dry_run: bool, stra
         return removed
     for entry in entries:
         parsed = parse_staging_name(entry)
-        if parsed is not None and parsed[2] == "stage":
+        # A staging directory, or a CheckpointStore generation being removed (its rmtree was
+        # killed, or a reader held a file of it).
+        if parsed is not None and parsed[2] in ("stage", "trash"):
             path = os.path.join(directory, entry)
             if _remove_stale_stage(path, parsed[:2], cutoff, dry_run, strategy):
                 removed.append(path)
