@@ -27,6 +27,7 @@ from ._errors import UsageError
 __all__ = [
     "AUTO",
     "CHECKSUMS",
+    "FASTEST_CRCS",
     "ChecksumChoice",
     "Digest",
     "available",
@@ -39,6 +40,9 @@ __all__ = [
 CHECKSUMS: tuple[str, ...] = ("crc64nvme", "crc32c", "crc32", "sha256", "md5")
 #: The default: the fastest checksum the target's store validates (see each store).
 AUTO: Literal["auto"] = "auto"
+#: What ``"auto"`` records where nothing validates a checksum on arrival (local directory
+#: manifests, Azure, ``memory://``): the fastest CRC installed; zlib's CRC32 always is.
+FASTEST_CRCS: tuple[str, ...] = ("crc64nvme", "crc32c", "crc32")
 ChecksumChoice = Literal["auto", "crc64nvme", "crc32c", "crc32", "sha256", "md5"]
 
 

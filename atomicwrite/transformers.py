@@ -63,7 +63,7 @@ def last_complete_checkpoint(output_dir: str | os.PathLike[str], *, checksums: b
     complete, or None.
 
     Complete means: published with a manifest that [`verify_directory`][atomicwrite.verify_directory]
-    accepts (every file present with its size and, if ``checksums``, its SHA-256; nothing
+    accepts (every file present with its size and, if ``checksums``, its checksum; nothing
     unlisted), and every shard named by a weights index (``model.safetensors.index.json``,
     ``pytorch_model.bin.index.json``...) is one of its files.  A directory left by a crash, by a
     save that did not go through this module, or damaged later, is skipped.

@@ -137,7 +137,7 @@ def atomic_directory(
 
     Files may be written into the staging directory by any means (plain ``open``, a library
     given ``os.fspath(stage)``); at the end each is flushed and listed, with its size and
-    SHA-256, in a manifest that is written last; then the directory is published (a rename
+    checksum, in a manifest that is written last; then the directory is published (a rename
     locally; the conditional manifest write on object stores).  An exception in the block
     discards everything; the target is untouched.
 
@@ -148,7 +148,9 @@ def atomic_directory(
             name, a dangling symlink included.
         durability: ``"full"`` flushes every file and directory so the result survives a power
             loss; ``"none"`` is atomic against process crashes only.
-        checksums: record each file's SHA-256 (read back once); False records sizes only.
+        checksums: record each file's checksum (the fastest CRC installed, computed as the file
+            is read back once while it is flushed, or the one its upload computed); False records
+            sizes only.
         storage_options: for an object store's fsspec file system.
         on_commit: called with the [`DirectoryCommitResult`][atomicwrite.DirectoryCommitResult]
             once the directory is published; an exception from it is raised as a

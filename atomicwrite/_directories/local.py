@@ -32,13 +32,13 @@ from .manifest import (
     DirectoryCommitResult,
     DirectoryManifest,
     FileEntry,
-    digest_fd,
+    manifest_algorithm,
     merge_reported,
     new_generation,
 )
 from .marker import FUSE_SUPER_MAGIC, remove_directory, renames_by_copying, sweep_marked
 from .reading import verify_directory
-from .staging import DirectoryTransaction, StagingDirectory
+from .staging import DirectoryTransaction, StagingDirectory, flush_and_describe
 
 __all__ = [
     "DirectoryRenames",
@@ -228,15 +228,6 @@ class LocalTransaction(DirectoryTransaction):
         assert self._stage_fd is not None
         return os.open(name, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC, dir_fd=self._stage_fd)
 
-    def _entry(self, name: str) -> FileEntry:
-        fd = self._open_staged(name)
-        try:
-            self._sync(fd)
-            size = os.fstat(fd).st_size
-            return FileEntry(name, size, digest_fd(fd) if self._checksums else None)
-        finally:
-            os.close(fd)
-
     def commit(self, reported: Mapping[str, FileEntry] | None = None) -> DirectoryCommitResult:
         if self._stage_fd is None:
             raise AtomicWriteError(f"the write of {self._location!r} was already committed or discarded")
@@ -254,20 +245,15 @@ class LocalTransaction(DirectoryTransaction):
         assert self._stage_name is not None
         staged = self._walk()
         known = merge_reported(staged, reported, self._location)
-        files: list[FileEntry] = []
-        for name in sorted(staged):
-            entry = known.get(name)
-            if entry is None or (entry.sha256 is None and self._checksums):
-                entry = self._entry(name)
-            elif self._durable:
-                # Reported by the process that wrote (and flushed) it; flushing it here too is
-                # cheap once its pages are clean, and covers writers that did not.
-                fd = self._open_staged(name)
-                try:
-                    flush_to_disk(fd)
-                finally:
-                    os.close(fd)
-            files.append(entry)
+        # A file reported by the process that wrote (and flushed) it is flushed here too: cheap
+        # once its pages are clean, and it covers writers that did not.
+        files = flush_and_describe(
+            sorted(staged),
+            self._open_staged,
+            flush=self._durable,
+            algorithm=manifest_algorithm() if self._checksums else None,
+            known=known,
+        )
         manifest = DirectoryManifest(
             generation=new_generation(), files=tuple(files), created=time.time(), metadata=dict(self.metadata)
         )

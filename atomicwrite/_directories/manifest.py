@@ -1,10 +1,9 @@
 """What a published directory holds, as its manifest lists it, and the values that describe a
-directory write: its files (name, size, SHA-256), the result of a commit, what verifying found."""
+directory write: its files (name, size, checksum), the result of a commit, what verifying found."""
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -13,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any, Literal
 
-from .._checksums import new_digest
+from .._checksums import FASTEST_CRCS, first_available, new_digest
 from .._errors import (
     AtomicWriteError,
     UsageError,
@@ -34,6 +33,7 @@ __all__ = [
     "digest_fd",
     "digest_stream",
     "inside",
+    "manifest_algorithm",
     "merge_reported",
     "new_generation",
 ]
@@ -226,17 +226,22 @@ def inside(directory: str, clean: str, *, local: bool) -> str:
     return os.path.join(directory, *clean.split("/")) if local else f"{directory}/{clean}"
 
 
-def digest_fd(fd: int) -> str:
-    """``"sha256:<hex>"`` of what is left to read from the file ``fd``."""
-    digest = hashlib.sha256()
-    while True:
-        chunk = os.read(fd, CHUNK)
-        if not chunk:
-            return "sha256:" + digest.hexdigest()
+def manifest_algorithm() -> str:
+    """The algorithm a manifest records for the files it hashes itself: the fastest CRC installed,
+    what ``checksum="auto"`` records where no store validates one.  A CRC finds the torn, short
+    or bit-flipped file a manifest is checked for, at a tenth of SHA-256's CPU."""
+    return first_available(FASTEST_CRCS)
+
+
+def digest_fd(fd: int, algorithm: str) -> str:
+    """``"<algorithm>:<hex>"`` of what is left to read from the file ``fd``."""
+    digest = new_digest(algorithm)
+    while chunk := os.read(fd, CHUNK):
         digest.update(chunk)
+    return f"{algorithm}:{digest.digest().hex()}"
 
 
-def digest_stream(source: IO[bytes], algorithm: str = "sha256") -> str:
+def digest_stream(source: IO[bytes], algorithm: str) -> str:
     """``"<algorithm>:<hex>"`` of what is left to read from ``source``, a chunk at a time."""
     digest = new_digest(algorithm)
     while chunk := source.read(CHUNK):

@@ -51,11 +51,11 @@ from .manifest import (
     DirectoryCommitResult,
     DirectoryManifest,
     FileEntry,
-    digest_fd,
+    manifest_algorithm,
     merge_reported,
     new_generation,
 )
-from .staging import DirectoryTransaction, StagingDirectory
+from .staging import DirectoryTransaction, StagingDirectory, flush_and_describe
 
 __all__ = [
     "COPYING_RENAMES",
@@ -183,16 +183,6 @@ class MarkerTransaction(DirectoryTransaction):
                     )
         return found
 
-    def _entry(self, root: str, name: str) -> FileEntry:
-        fd = os.open(os.path.join(root, *name.split("/")), os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC)
-        try:
-            if self._durable:
-                flush_to_disk(fd)
-            size = os.fstat(fd).st_size
-            return FileEntry(name, size, digest_fd(fd) if self._checksums else None)
-        finally:
-            os.close(fd)
-
     def commit(self, reported: Mapping[str, FileEntry] | None = None) -> DirectoryCommitResult:
         if self._generation is None:
             raise AtomicWriteError(f"the write of {self._location!r} was already committed or discarded")
@@ -220,14 +210,13 @@ class MarkerTransaction(DirectoryTransaction):
         root = os.path.join(self._target, generation)
         staged = self._walk(root)
         known = merge_reported(staged, reported, self._location)
-        files: list[FileEntry] = []
-        for name in sorted(staged):
-            entry = known.get(name)
-            if entry is None or (entry.sha256 is None and self._checksums):
-                entry = self._entry(root, name)
-            elif self._durable:
-                _flush_path(os.path.join(root, *name.split("/")))
-            files.append(entry)
+        files = flush_and_describe(
+            sorted(staged),
+            lambda name: os.open(os.path.join(root, *name.split("/")), os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC),
+            flush=self._durable,
+            algorithm=manifest_algorithm() if self._checksums else None,
+            known=known,
+        )
         if self._durable:
             for directory, _, _ in os.walk(root, topdown=False):
                 _flush_path(directory)

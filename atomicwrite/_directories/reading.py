@@ -128,7 +128,7 @@ def verify_directory(
     target: Target, *, checksums: bool = True, storage_options: Mapping[str, Any] | None = None
 ) -> DirectoryVerification:
     """Check a published directory against its manifest: every file present, with its size and
-    (if ``checksums``) its SHA-256, and no file the manifest does not list.
+    (if ``checksums``) its checksum, and no file the manifest does not list.
 
     Never raises for what it finds: the result lists the problems, and is true only when there
     are none.

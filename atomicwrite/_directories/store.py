@@ -26,6 +26,7 @@ from .manifest import (
     DirectoryManifest,
     FileEntry,
     digest_stream,
+    manifest_algorithm,
     merge_reported,
     new_generation,
 )
@@ -87,7 +88,7 @@ class StoreTransaction(DirectoryTransaction):
         if not self._checksums:
             return FileEntry(name, size, None)
         with self._fs.open(f"{self._prefix}/{name}", "rb") as source:
-            return FileEntry(name, size, digest_stream(source))
+            return FileEntry(name, size, digest_stream(source, manifest_algorithm()))
 
     def commit(self, reported: Mapping[str, FileEntry] | None = None) -> DirectoryCommitResult:
         from .._api import atomic_open

@@ -78,12 +78,12 @@ from .manifest import (
     DirectoryCommitResult,
     DirectoryManifest,
     FileEntry,
-    digest_fd,
+    manifest_algorithm,
     merge_reported,
     new_generation,
 )
 from .marker import remove_marked
-from .staging import DirectoryTransaction, StagingDirectory
+from .staging import DirectoryTransaction, StagingDirectory, flush_and_describe
 
 __all__ = ["WindowsDirectoryTransaction", "sweep_windows_staging"]
 
@@ -193,21 +193,6 @@ class WindowsDirectoryTransaction(DirectoryTransaction):
                     found[relative] = os.lstat(path).st_size
         return found
 
-    def _flushed_entry(self, root: str, name: str, known: FileEntry | None) -> FileEntry:
-        """Flush the staged file ``name`` (FlushFileBuffers needs write access) and describe it,
-        unless another process already did (``known``)."""
-        mode = os.O_RDWR if self._durable else os.O_RDONLY
-        fd = os.open(os.path.join(root, *name.split("/")), mode | _O_BINARY | _O_NOINHERIT)
-        try:
-            if self._durable:
-                os.fsync(fd)
-            if known is not None and (known.sha256 is not None or not self._checksums):
-                return known
-            size = os.fstat(fd).st_size
-            return FileEntry(name, size, digest_fd(fd) if self._checksums else None)
-        finally:
-            os.close(fd)
-
     def _write_new_file(self, path: str, data: bytes) -> None:
         """Create ``path`` (never reusing anything there), write ``data``, flush it if durable."""
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY | _O_NOINHERIT, 0o666)
@@ -240,7 +225,15 @@ class WindowsDirectoryTransaction(DirectoryTransaction):
     def _commit(self, stage: str, reported: Mapping[str, FileEntry] | None) -> tuple[DirectoryManifest, bool]:
         staged = self._walk(stage)
         known = merge_reported(staged, reported, self._location)
-        files = [self._flushed_entry(stage, name, known.get(name)) for name in sorted(staged)]
+        # FlushFileBuffers needs a handle with write access.
+        access = os.O_RDWR if self._durable else os.O_RDONLY
+        files = flush_and_describe(
+            sorted(staged),
+            lambda name: os.open(os.path.join(stage, *name.split("/")), access | _O_BINARY | _O_NOINHERIT),
+            flush=self._durable,
+            algorithm=manifest_algorithm() if self._checksums else None,
+            known=known,
+        )
         manifest = DirectoryManifest(
             generation=new_generation(), files=tuple(files), created=time.time(), metadata=dict(self.metadata)
         )

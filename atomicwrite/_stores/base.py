@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, NoReturn
 
-from .._checksums import AUTO, Digest, first_available, new_digest
+from .._checksums import AUTO, FASTEST_CRCS, Digest, first_available, new_digest
 from .._errors import AtomicWriteError, ConflictError, TargetExistsError, UnsupportedTargetError, UsageError, os_error
 from .._names import FRESH_TEMP_GRACE, host_tag, parse_temp_name, temp_name, writer_alive
 from .._result import CommitResult, Durability
@@ -70,7 +70,7 @@ class ObjectStoreBackend(ABC):
     outlives_writer: bool = True
     #: The checksums ``checksum="auto"`` chooses from, fastest first: the first one installed.
     #: Stores that validate a whole-object checksum list those; the others, the cheapest CRCs.
-    default_checksums: tuple[str, ...] = ("crc64nvme", "crc32c", "crc32")
+    default_checksums: tuple[str, ...] = FASTEST_CRCS
     #: The algorithm this write hashes with (set by the pending write before any request), or None.
     checksum: str | None = None
     #: Set by a backend whose server refused the checksum with the request: it was sent again
