@@ -19,7 +19,8 @@ thread while training goes on.
 torch is imported only when a function here is called, so ``import atomicwrite.torch`` works
 without it.  The module also provides the ``"torch"``, ``"numpy"`` and ``"safetensors"``
 serializers of [`atomic_save`][atomicwrite.atomic_save], registered as entry points; the last two
-need numpy or safetensors only when used.
+need numpy or safetensors only when used (``"safetensors"`` writes its format itself, streamed,
+and needs the safetensors package only to load).
 """
 
 from __future__ import annotations
@@ -1210,8 +1211,12 @@ serializer = Serializer("torch", _dump_torch, _load_torch, binary=True, snapshot
 numpy_serializer = Serializer("numpy", _dump_numpy, _load_numpy, binary=True, snapshot=_copy_array)
 
 #: ``atomic_save(tensors, path, "safetensors")``: a dict of torch tensors or numpy arrays in the
-#: safetensors format (read back as torch tensors when torch is installed).  safetensors builds
-#: the whole file in memory before it is written, unlike the other serializers here.
+#: safetensors format, byte for byte what ``safetensors.torch.save`` (or ``.numpy.save``) gives,
+#: but streamed: the header, then each tensor from its own memory, one tensor at a time on the host
+#: (GPU tensors included), so no copy of the file is held.  Writing needs no safetensors package;
+#: loading does (read back as torch tensors when torch is installed).  What safetensors refuses
+#: (values that are not tensors or arrays, sparse or non-contiguous tensors, tensors sharing
+#: memory, dtypes it has no name for) is a `UsageError` before the first byte is written.
 safetensors_serializer = Serializer(
     "safetensors", _dump_safetensors, _load_safetensors, binary=True, snapshot=_snapshot_safetensors
 )

@@ -560,6 +560,32 @@ def test_safetensors_accepts_what_safetensors_accepts_next_to_a_refusal() -> Non
     assert written.getvalue() == save(halves)
 
 
+def test_safetensors_written_without_the_safetensors_package(tmp_path: Path) -> None:
+    pytest.importorskip("safetensors")
+    from safetensors.numpy import save as save_numpy
+    from safetensors.torch import save as save_torch
+
+    proc = run_python(
+        """
+        import sys
+        sys.modules["safetensors"] = None  # as if safetensors were not installed
+        import numpy as np
+        import torch
+        from atomicwrite import atomic_save
+        import atomicwrite.torch
+
+        atomic_save({"w": torch.arange(6.0).reshape(2, 3)}, sys.argv[1] + "/t.safetensors", "safetensors")
+        atomic_save({"a": np.arange(4, dtype=">i4")}, sys.argv[1] + "/n.safetensors", "safetensors")
+        """,
+        str(tmp_path),
+    )
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    np = pytest.importorskip("numpy")
+    assert (tmp_path / "t.safetensors").read_bytes() == save_torch({"w": torch.arange(6.0).reshape(2, 3)})
+    assert (tmp_path / "n.safetensors").read_bytes() == save_numpy({"a": np.arange(4, dtype=">i4")})
+
+
 def test_safetensors_writes_the_values_of_conjugate_and_negative_views(tmp_path: Path) -> None:
     pytest.importorskip("safetensors")
     from safetensors.torch import load_file
