@@ -488,7 +488,7 @@ def test_safetensors_bytes_are_those_of_safetensors_numpy_save(tmp_path: Path) -
     loaded = load_file(target)
     assert loaded.keys() == arrays.keys()
     for name, array in arrays.items():
-        assert loaded[name].dtype == array.dtype.newbyteorder("<") or loaded[name].dtype == array.dtype, name
+        assert loaded[name].dtype == array.dtype.newbyteorder("<"), name  # stored little-endian
         assert np.array_equal(loaded[name], array), name
 
 
@@ -598,6 +598,23 @@ def test_safetensors_writes_the_values_of_conjugate_and_negative_views(tmp_path:
     loaded = load_file(tmp_path / "views.safetensors")
     assert torch.equal(loaded["conj"], torch.tensor([1 - 2j, 3 + 4j], dtype=torch.complex64))
     assert torch.equal(loaded["neg"], -torch.ones(3))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_safetensors_from_cuda_tensors(tmp_path: Path) -> None:
+    pytest.importorskip("safetensors")
+    from safetensors.torch import save
+
+    on_host = mixed_tensors()
+    on_gpu = {name: tensor.to("cuda") for name, tensor in on_host.items()}
+    atomic_save(on_gpu, tmp_path / "direct.safetensors", "safetensors")
+    assert (tmp_path / "direct.safetensors").read_bytes() == save(on_host)
+    snapshot = awt.safetensors_serializer.snapshot(on_gpu)
+    written = io.BytesIO()
+    awt.safetensors_serializer.dump(snapshot, written)
+    assert written.getvalue() == save(on_host)
+    with pytest.raises(UsageError, match="share memory"):
+        atomic_save({"a": on_gpu["w.f32"], "b": on_gpu["w.f32"]}, tmp_path / "direct.safetensors", "safetensors")
 
 
 def test_safetensors_to_s3_in_several_parts(moto_endpoint: str) -> None:  # noqa: F811 - the fixture
