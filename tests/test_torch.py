@@ -492,6 +492,16 @@ def test_safetensors_bytes_are_those_of_safetensors_numpy_save(tmp_path: Path) -
         assert np.array_equal(loaded[name], array), name
 
 
+def test_safetensors_mixes_tensors_and_arrays(tmp_path: Path) -> None:
+    pytest.importorskip("safetensors")
+    np = pytest.importorskip("numpy")
+    from safetensors.torch import load_file
+
+    target = tmp_path / "mixed.safetensors"
+    atomic_save({"array": np.arange(4, dtype=">i8"), "tensor": torch.ones(2, 2)}, target, "safetensors")
+    assert_same(load_file(target), {"array": torch.arange(4), "tensor": torch.ones(2, 2)})
+
+
 def test_safetensors_snapshot_writes_the_same_bytes() -> None:
     pytest.importorskip("safetensors")
     from safetensors.torch import save
