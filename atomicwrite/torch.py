@@ -19,7 +19,8 @@ thread while training goes on.
 torch is imported only when a function here is called, so ``import atomicwrite.torch`` works
 without it.  The module also provides the ``"torch"``, ``"numpy"`` and ``"safetensors"``
 serializers of [`atomic_save`][atomicwrite.atomic_save], registered as entry points; the last two
-need numpy or safetensors only when used.
+need numpy or safetensors only when used (``"safetensors"`` writes its format itself, streamed,
+and needs the safetensors package only to load).
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ import atexit
 import collections
 import contextlib
 import copy
+import ctypes
 import errno
 import fnmatch
+import json
 import os
 import shutil
 import struct
@@ -963,7 +966,10 @@ def _check_safetensors(obj: Any) -> None:
 
 
 def _snapshot_safetensors(obj: Any) -> _TakenSnapshot:
-    _check_safetensors(obj)  # refused now, not later in the thread that writes it
+    # Refused now, not later in the thread that writes it; and checked on the caller's tensors,
+    # since the copy would no longer show which of them share memory.
+    _check_safetensors(obj)
+    _plan_safetensors(obj)
     return _TakenSnapshot(obj)
 
 
@@ -972,17 +978,215 @@ def _dump_safetensors(obj: Any, file: IO[Any]) -> None:
         _dump_safetensors_now(value, file)
 
 
+# The safetensors format, written here rather than by safetensors itself: its writers either build
+# the whole file as one bytes object (save) or want a path (save_file), and the file this writes
+# into may be an upload.  A file is an 8-byte little-endian header length, a JSON header padded
+# with spaces to a multiple of 8 bytes, then every tensor's little-endian bytes back to back.
+# Tensors are laid out as safetensors lays them out (widest dtype first, then by name), so a
+# file here is byte for byte the one safetensors.torch.save / safetensors.numpy.save would give.
+
+#: safetensors' dtype codes, narrowest first: the order its writer sorts tensors by (descending).
+_SAFETENSORS_DTYPE_ORDER = (
+    "BOOL",
+    "F4",
+    "F6_E2M3",
+    "F6_E3M2",
+    "U8",
+    "I8",
+    "F8_E5M2",
+    "F8_E4M3",
+    "F8_E8M0",
+    "F8_E4M3FNUZ",
+    "F8_E5M2FNUZ",
+    "I16",
+    "U16",
+    "F16",
+    "BF16",
+    "I32",
+    "U32",
+    "F32",
+    "C64",
+    "F64",
+    "I64",
+    "U64",
+)
+_SAFETENSORS_DTYPE_RANK = {code: rank for rank, code in enumerate(_SAFETENSORS_DTYPE_ORDER)}
+
+#: The code of each torch or numpy dtype (by its name) that safetensors can store.
+_SAFETENSORS_DTYPE_CODES = {
+    "bool": "BOOL",
+    "uint8": "U8",
+    "int8": "I8",
+    "int16": "I16",
+    "uint16": "U16",
+    "int32": "I32",
+    "uint32": "U32",
+    "int64": "I64",
+    "uint64": "U64",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "float32": "F32",
+    "float64": "F64",
+    "complex64": "C64",
+    "float8_e5m2": "F8_E5M2",
+    "float8_e4m3fn": "F8_E4M3",
+    "float8_e4m3fnuz": "F8_E4M3FNUZ",
+    "float8_e5m2fnuz": "F8_E5M2FNUZ",
+    "float8_e8m0fnu": "F8_E8M0",
+    "float4_e2m1fn_x2": "F4",
+}
+
+
+@dataclass(frozen=True)
+class _PlannedTensor:
+    """One tensor of a safetensors file, checked, with where its bytes go."""
+
+    name: str
+    code: str
+    shape: list[int]
+    nbytes: int
+    value: Any
+    #: Width of the units to byte-swap when the bytes in memory are big-endian; 1: none.
+    swap_unit: int
+
+
 def _dump_safetensors_now(obj: Any, file: IO[Any]) -> None:
     _check_safetensors(obj)
-    tensors = dict(obj)
-    if all(_is_torch_tensor(value) for value in tensors.values()):
-        from safetensors.torch import save as save_torch
+    planned = _plan_safetensors(obj)  # every refusal happens here, before the first byte
+    file.write(_safetensors_header(planned))
+    for tensor in planned:
+        _write_tensor_bytes(tensor, file)
 
-        file.write(save_torch(tensors))
+
+def _plan_safetensors(obj: Mapping[Any, Any]) -> list[_PlannedTensor]:
+    planned: list[_PlannedTensor] = []
+    for name, value in obj.items():
+        if not isinstance(name, str):
+            raise UsageError(f"safetensors names must be str, not {type(name).__name__} ({name!r})")
+        if name == "__metadata__":
+            raise UsageError("'__metadata__' is reserved by the safetensors format; it cannot name a tensor")
+        try:
+            name.encode("utf-8")  # the header is UTF-8: a lone surrogate cannot be written
+        except UnicodeEncodeError as exc:
+            raise UsageError(f"the tensor name {name!r} is not valid text: {exc}") from exc
+        if _is_torch_tensor(value):
+            planned.append(_plan_torch_tensor(name, value))
+        elif _is_numpy_array(value):
+            planned.append(_plan_numpy_array(name, value))
+        else:
+            raise UsageError(
+                f"the 'safetensors' serializer stores torch tensors and numpy arrays;"
+                f" {name!r} is a {type(value).__name__}"
+            )
+    _refuse_shared_memory(planned)
+    planned.sort(key=lambda tensor: (-_SAFETENSORS_DTYPE_RANK[tensor.code], tensor.name))
+    return planned
+
+
+def _safetensors_code(name: str, dtype_name: str) -> str:
+    code = _SAFETENSORS_DTYPE_CODES.get(dtype_name)
+    if code is None:
+        raise UsageError(f"safetensors has no dtype for {name!r} ({dtype_name})")
+    return code
+
+
+def _plan_torch_tensor(name: str, tensor: Any) -> _PlannedTensor:
+    import torch
+
+    if not isinstance(tensor, torch.Tensor):
+        raise UsageError(f"{name!r} is a {type(tensor).__name__}, not a tensor")
+    if tensor.layout != torch.strided or tensor.is_nested:
+        raise UsageError(f"{name!r} is a {tensor.layout} tensor; safetensors stores dense ones (call .to_dense())")
+    if tensor.device.type == "meta":
+        raise UsageError(f"{name!r} is on the meta device: it has no data to save")
+    code = _safetensors_code(name, str(tensor.dtype).rpartition(".")[2])
+    if not tensor.is_contiguous():
+        raise UsageError(f"{name!r} is not contiguous; safetensors stores contiguous tensors (call .contiguous())")
+    shape = list(tensor.shape)
+    if code == "F4" and shape:
+        shape[-1] *= 2  # two 4-bit values per stored element: the header counts values
+    size = tensor.element_size()
+    swap_unit = 1 if sys.byteorder == "little" else size // 2 if tensor.is_complex() else size
+    return _PlannedTensor(name, code, shape, tensor.numel() * size, tensor, swap_unit)
+
+
+def _is_numpy_array(value: Any) -> bool:
+    numpy = sys.modules.get("numpy")  # an array exists only once numpy is imported
+    return numpy is not None and isinstance(value, numpy.ndarray)
+
+
+def _plan_numpy_array(name: str, array: Any) -> _PlannedTensor:
+    code = _safetensors_code(name, array.dtype.name)
+    if not array.flags.c_contiguous:
+        raise UsageError(
+            f"{name!r} is not C-contiguous; safetensors stores contiguous arrays (call np.ascontiguousarray)"
+        )
+    big_endian = array.dtype.byteorder == ">" or (array.dtype.byteorder == "=" and sys.byteorder == "big")
+    size = array.dtype.itemsize
+    swap_unit = (size // 2 if array.dtype.kind == "c" else size) if big_endian else 1
+    return _PlannedTensor(name, code, list(array.shape), array.nbytes, array, swap_unit)
+
+
+def _refuse_shared_memory(planned: list[_PlannedTensor]) -> None:
+    """Tensors whose bytes overlap would be stored twice and load back unshared: refused, as
+    safetensors refuses them (``save_model`` in safetensors dedupes them first)."""
+    by_device: dict[Any, list[tuple[int, int, str]]] = collections.defaultdict(list)
+    for tensor in planned:
+        if tensor.nbytes and _is_torch_tensor(tensor.value):
+            start = tensor.value.data_ptr()
+            by_device[tensor.value.device].append((start, start + tensor.nbytes, tensor.name))
+    for areas in by_device.values():
+        areas.sort()
+        reach, holder = -1, ""
+        for start, stop, name in areas:
+            if start < reach:
+                raise UsageError(
+                    f"{holder!r} and {name!r} share memory; safetensors stores each tensor once"
+                    " (save one of them, or clone it)"
+                )
+            if stop > reach:
+                reach, holder = stop, name
+
+
+def _safetensors_header(planned: list[_PlannedTensor]) -> bytes:
+    entries: dict[str, dict[str, Any]] = {}
+    offset = 0
+    for tensor in planned:
+        entries[tensor.name] = {
+            "dtype": tensor.code,
+            "shape": tensor.shape,
+            "data_offsets": [offset, offset + tensor.nbytes],
+        }
+        offset += tensor.nbytes
+    text = json.dumps(entries, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
+    return struct.pack("<Q", len(text)) + text
+
+
+def _write_tensor_bytes(tensor: _PlannedTensor, file: IO[Any]) -> None:
+    if not tensor.nbytes:
+        return
+    value = tensor.value
+    if _is_torch_tensor(value):
+        # One tensor at a time on the host, never the whole dict; conjugate and negative views are
+        # resolved (a copy of this tensor) so the bytes are the values, not the lazy base.
+        value = value.detach().to("cpu").resolve_conj().resolve_neg()
+        start = value.data_ptr()
     else:
-        from safetensors.numpy import save as save_numpy
+        start = value.ctypes.data
+    # A view of the tensor's own memory, not a copy; ``value`` keeps that memory alive.
+    data = memoryview((ctypes.c_ubyte * tensor.nbytes).from_address(start)).cast("B")
+    for begin in range(0, tensor.nbytes, _COPY_CHUNK):  # a huge tensor goes out in slices
+        piece = data[begin : begin + _COPY_CHUNK]
+        file.write(piece if tensor.swap_unit == 1 else _little_endian(piece, tensor.swap_unit))
 
-        file.write(save_numpy(tensors))
+
+def _little_endian(piece: memoryview, unit: int) -> bytes:
+    """``piece``, big-endian units of ``unit`` bytes, rewritten little-endian (one slice's copy)."""
+    import numpy as np
+
+    swapped: bytes = np.frombuffer(piece, dtype=f">u{unit}").astype(f"<u{unit}").tobytes()
+    return swapped
 
 
 def _load_safetensors(file: IO[Any]) -> Any:
@@ -1007,8 +1211,12 @@ serializer = Serializer("torch", _dump_torch, _load_torch, binary=True, snapshot
 numpy_serializer = Serializer("numpy", _dump_numpy, _load_numpy, binary=True, snapshot=_copy_array)
 
 #: ``atomic_save(tensors, path, "safetensors")``: a dict of torch tensors or numpy arrays in the
-#: safetensors format (read back as torch tensors when torch is installed).  safetensors builds
-#: the whole file in memory before it is written, unlike the other serializers here.
+#: safetensors format, byte for byte what ``safetensors.torch.save`` (or ``.numpy.save``) gives,
+#: but streamed: the header, then each tensor from its own memory, one tensor at a time on the host
+#: (GPU tensors included), so no copy of the file is held.  Writing needs no safetensors package;
+#: loading does (read back as torch tensors when torch is installed).  What safetensors refuses
+#: (values that are not tensors or arrays, sparse or non-contiguous tensors, tensors sharing
+#: memory, dtypes it has no name for) is a `UsageError` before the first byte is written.
 safetensors_serializer = Serializer(
     "safetensors", _dump_safetensors, _load_safetensors, binary=True, snapshot=_snapshot_safetensors
 )

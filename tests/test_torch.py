@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import signal
@@ -10,6 +11,7 @@ import sys
 import textwrap
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,8 @@ torch = pytest.importorskip("torch")
 import atomicwrite.torch as awt  # noqa: E402 - after the importorskip
 from atomicwrite import AtomicWriteError, UsageError, atomic_save  # noqa: E402
 from atomicwrite._api import AtomicBinaryFile  # noqa: E402
+
+from ._stores import moto_endpoint, s3_options  # noqa: E402, F401 - the fixture
 
 MiB = 1 << 20
 REPO = Path(__file__).resolve().parent.parent
@@ -433,6 +437,253 @@ def test_safetensors_serializer(tmp_path: Path) -> None:
     assert np.array_equal(load_numpy(tmp_path / "np.safetensors")["a"], np.ones(4))
     with pytest.raises(ValueError, match="dict"):
         atomic_save([1, 2], tmp_path / "bad.safetensors", "safetensors")
+
+
+def mixed_tensors() -> dict[str, Any]:
+    """Every common dtype, in no particular name order, with a 0-dim and a zero-element tensor."""
+    gen = torch.Generator().manual_seed(1)
+    return {
+        "w.f32": torch.randn(7, 5, generator=gen),
+        "b.f16": torch.randn(9, generator=gen).to(torch.float16),
+        "a.bf16": torch.randn(3, 4, generator=gen).to(torch.bfloat16),
+        "steps.i64": torch.arange(-6, 6).reshape(2, 6),
+        "pixels.u8": torch.randint(0, 256, (4, 3), dtype=torch.uint8, generator=gen),
+        "mask.bool": torch.rand(11, generator=gen) > 0.5,
+        "z.f64": torch.randn(2, 2, 2, generator=gen, dtype=torch.float64),
+        "scalar": torch.tensor(2.5),
+        "empty": torch.zeros(0, 3, dtype=torch.float16),
+        'odd "name"\n\u00e9\u65e5': torch.ones(2, dtype=torch.int32),
+    }
+
+
+def test_safetensors_bytes_are_those_of_safetensors_torch_save(tmp_path: Path) -> None:
+    pytest.importorskip("safetensors")
+    from safetensors.torch import load_file, save
+
+    tensors = mixed_tensors()
+    target = tmp_path / "model.safetensors"
+    atomic_save(tensors, target, "safetensors")
+    assert target.read_bytes() == save(tensors)
+    assert_same(load_file(target), tensors)
+
+
+def test_safetensors_bytes_are_those_of_safetensors_numpy_save(tmp_path: Path) -> None:
+    pytest.importorskip("safetensors")
+    np = pytest.importorskip("numpy")
+    from safetensors.numpy import load_file, save
+
+    arrays = {
+        "w": np.arange(12, dtype=np.float32).reshape(3, 4),
+        "big_endian": np.arange(5, dtype=">f8"),
+        "complex_big_endian": np.array([1 + 2j, -3.5 - 4j], dtype=">c8"),
+        "h": np.linspace(0, 1, 6, dtype=np.float16),
+        "flags": np.array([True, False, True]),
+        "ids": np.arange(4, dtype=np.int64),
+        "scalar": np.array(7, dtype=np.uint8),
+        "nothing": np.zeros((2, 0), dtype=np.int16),
+    }
+    target = tmp_path / "arrays.safetensors"
+    atomic_save(arrays, target, "safetensors")
+    assert target.read_bytes() == save(arrays)
+    loaded = load_file(target)
+    assert loaded.keys() == arrays.keys()
+    for name, array in arrays.items():
+        assert loaded[name].dtype == array.dtype.newbyteorder("<"), name  # stored little-endian
+        assert np.array_equal(loaded[name], array), name
+
+
+def test_safetensors_mixes_tensors_and_arrays(tmp_path: Path) -> None:
+    pytest.importorskip("safetensors")
+    np = pytest.importorskip("numpy")
+    from safetensors.torch import load_file
+
+    target = tmp_path / "mixed.safetensors"
+    atomic_save({"array": np.arange(4, dtype=">i8"), "tensor": torch.ones(2, 2)}, target, "safetensors")
+    assert_same(load_file(target), {"array": torch.arange(4), "tensor": torch.ones(2, 2)})
+
+
+def test_safetensors_snapshot_writes_the_same_bytes() -> None:
+    pytest.importorskip("safetensors")
+    from safetensors.torch import save
+
+    tensors = mixed_tensors()
+    snapshot = awt.safetensors_serializer.snapshot(tensors)
+    written = io.BytesIO()
+    awt.safetensors_serializer.dump(snapshot, written)
+    assert written.getvalue() == save(tensors)
+
+
+def _numpy() -> Any:
+    return pytest.importorskip("numpy")
+
+
+_SHARED = torch.arange(10.0)
+
+#: What the "safetensors" serializer refuses, each next to a tensor it would accept.
+REFUSED_SAFETENSORS: dict[str, Callable[[], Any]] = {
+    "not a tensor": lambda: {"w": torch.ones(2), "step": 3},
+    "a list": lambda: {"w": torch.ones(2), "l": [1.0, 2.0]},
+    "sparse": lambda: {"w": torch.ones(2), "s": torch.eye(3).to_sparse()},
+    "non-contiguous": lambda: {"w": torch.ones(2), "t": torch.ones(3, 4).t()},
+    "same tensor twice": lambda: {"a": _SHARED, "b": _SHARED},
+    "overlapping views": lambda: {"a": _SHARED[:6], "b": _SHARED[4:]},
+    "no safetensors dtype": lambda: {"w": torch.ones(2), "c": torch.ones(2, dtype=torch.complex128)},
+    "non-str key": lambda: {"w": torch.ones(2), 3: torch.ones(2)},
+    "reserved name": lambda: {"w": torch.ones(2), "__metadata__": torch.ones(2)},
+    "meta device": lambda: {"w": torch.ones(2), "m": torch.empty(2, device="meta")},
+    "unencodable name": lambda: {"w": torch.ones(2), "\ud800": torch.ones(2)},
+    "empty dict": dict,
+    "not a dict": lambda: [torch.ones(2)],
+    "non-contiguous array": lambda: {"a": _numpy().ones((4, 4))[:, ::2]},
+    "object array": lambda: {"a": _numpy().array([object()])},
+    "numpy scalar": lambda: {"a": _numpy().float32(1.0)},
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED_SAFETENSORS))
+def test_safetensors_refusals_write_nothing_and_keep_the_old_file(tmp_path: Path, case: str) -> None:
+    bad = REFUSED_SAFETENSORS[case]()
+    target = tmp_path / "model.safetensors"
+    atomic_save({"old": torch.ones(3)}, target, "safetensors")
+    before = target.read_bytes()
+    with pytest.raises(UsageError):
+        atomic_save(bad, target, "safetensors")
+    assert target.read_bytes() == before
+    assert entries(tmp_path) == ["model.safetensors"]
+    written = io.BytesIO()
+    with pytest.raises(UsageError):
+        awt.safetensors_serializer.dump(bad, written)
+    assert written.getvalue() == b""  # refused before the first byte
+    with pytest.raises(UsageError):
+        awt.safetensors_serializer.snapshot(bad)  # a background save is refused at once too
+
+
+def test_safetensors_accepts_what_safetensors_accepts_next_to_a_refusal() -> None:
+    """Views of one storage that do not overlap are fine, as in safetensors."""
+    pytest.importorskip("safetensors")
+    from safetensors.torch import save
+
+    base = torch.arange(10.0)
+    halves = {"first": base[:5], "second": base[5:], "none": base[5:5]}
+    written = io.BytesIO()
+    awt.safetensors_serializer.dump(halves, written)
+    assert written.getvalue() == save(halves)
+
+
+def test_safetensors_written_without_the_safetensors_package(tmp_path: Path) -> None:
+    pytest.importorskip("safetensors")
+    from safetensors.numpy import save as save_numpy
+    from safetensors.torch import save as save_torch
+
+    proc = run_python(
+        """
+        import sys
+        sys.modules["safetensors"] = None  # as if safetensors were not installed
+        import numpy as np
+        import torch
+        from atomicwrite import atomic_save
+        import atomicwrite.torch
+
+        atomic_save({"w": torch.arange(6.0).reshape(2, 3)}, sys.argv[1] + "/t.safetensors", "safetensors")
+        atomic_save({"a": np.arange(4, dtype=">i4")}, sys.argv[1] + "/n.safetensors", "safetensors")
+        """,
+        str(tmp_path),
+    )
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    np = pytest.importorskip("numpy")
+    assert (tmp_path / "t.safetensors").read_bytes() == save_torch({"w": torch.arange(6.0).reshape(2, 3)})
+    assert (tmp_path / "n.safetensors").read_bytes() == save_numpy({"a": np.arange(4, dtype=">i4")})
+
+
+def test_safetensors_writes_the_values_of_conjugate_and_negative_views(tmp_path: Path) -> None:
+    pytest.importorskip("safetensors")
+    from safetensors.torch import load_file
+
+    base = torch.tensor([1 + 2j, 3 - 4j], dtype=torch.complex64)
+    tensors = {"conj": base.conj(), "neg": torch.ones(3)._neg_view()}
+    assert tensors["conj"].is_conj()
+    assert tensors["neg"].is_neg()
+    atomic_save(tensors, tmp_path / "views.safetensors", "safetensors")
+    loaded = load_file(tmp_path / "views.safetensors")
+    assert torch.equal(loaded["conj"], torch.tensor([1 - 2j, 3 + 4j], dtype=torch.complex64))
+    assert torch.equal(loaded["neg"], -torch.ones(3))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_safetensors_from_cuda_tensors(tmp_path: Path) -> None:
+    pytest.importorskip("safetensors")
+    from safetensors.torch import save
+
+    on_host = mixed_tensors()
+    on_gpu = {name: tensor.to("cuda") for name, tensor in on_host.items()}
+    atomic_save(on_gpu, tmp_path / "direct.safetensors", "safetensors")
+    assert (tmp_path / "direct.safetensors").read_bytes() == save(on_host)
+    snapshot = awt.safetensors_serializer.snapshot(on_gpu)
+    written = io.BytesIO()
+    awt.safetensors_serializer.dump(snapshot, written)
+    assert written.getvalue() == save(on_host)
+    with pytest.raises(UsageError, match="share memory"):
+        atomic_save({"a": on_gpu["w.f32"], "b": on_gpu["w.f32"]}, tmp_path / "direct.safetensors", "safetensors")
+
+
+def test_safetensors_to_s3_in_several_parts(moto_endpoint: str) -> None:  # noqa: F811 - the fixture
+    pytest.importorskip("safetensors")
+    import s3fs
+    from safetensors.torch import load, save
+
+    options = s3_options(moto_endpoint)
+    bucket = f"safetensors-{uuid.uuid4().hex[:12]}"
+    fs = s3fs.S3FileSystem(**options)
+    fs.call_s3("create_bucket", Bucket=bucket)
+    part = 5 * MiB  # S3's smallest part
+    tensors = {f"layer{i}": torch.full((MiB,), float(i)) for i in range(4)}  # 16 MiB: four parts
+    tensors.update(mixed_tensors())
+    url = f"s3://{bucket}/run/model.safetensors"
+    atomic_save(tensors, url, "safetensors", storage_options={**options, "part_size": part})
+    stored = fs.cat_file(f"{bucket}/run/model.safetensors")
+    assert len(stored) > 3 * part
+    assert stored == save(tensors)
+    assert_same(load(stored), tensors)
+    assert fs.ls(f"{bucket}/run/") == [f"{bucket}/run/model.safetensors"]  # no marker left
+
+
+class _WriteSizes(io.RawIOBase):
+    """A file that keeps only the size of each write."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.sizes.append(memoryview(data).nbytes)
+        return self.sizes[-1]
+
+
+def test_safetensors_streams_without_holding_the_file() -> None:
+    size = 64 * MiB
+    tensors = {"big": torch.ones(size // 4), "small": torch.zeros(8)}
+    sink = _WriteSizes()
+    awt.safetensors_serializer.dump(tensors, sink)
+    assert sum(sink.sizes) > size
+    assert max(sink.sizes) <= 8 * MiB  # slices, not the whole file in one write
+
+
+def test_safetensors_save_allocates_far_less_than_the_file(tmp_path: Path) -> None:
+    import tracemalloc
+
+    size = 64 * MiB
+    tensors = {f"layer{i}": torch.full((size // 16,), float(i)) for i in range(4)}
+    tracemalloc.start()
+    try:
+        atomic_save(tensors, tmp_path / "model.safetensors", "safetensors")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (tmp_path / "model.safetensors").stat().st_size > size
+    assert peak < size // 4, f"{peak / MiB:.1f} MiB allocated at the peak"
 
 
 def test_import_without_torch_does_not_import_it() -> None:
