@@ -1,7 +1,7 @@
 """Multi-file checkpoint: 16 files of 4 MiB (256 KiB with --quick) published as one directory.
 
 atomic_directory stages the files beside the target, fsyncs each, writes the manifest (sizes and
-SHA-256, or sizes only) and renames the directory into place.  The baseline replaces the same
+the fastest installed CRC, or sizes only) and renames the directory into place.  The baseline replaces the same
 files one by one in plain os calls (temp, write, fsync, rename) with one directory fsync at the
 end: each file is atomic, but a crash can leave a mix of old and new files, which is what the
 directory protocol removes.  No target is set: the row shows what all-or-nothing across files
@@ -56,6 +56,6 @@ def run(context: Context) -> list[Row]:
             return timed(write) * 1e3
 
         mine, theirs = alternate(context.rounds, ours, baseline)
-        label = f"{FILES} x {size // 1024} KiB as one directory" + ("" if checksums else ", no SHA-256")
+        label = f"{FILES} x {size // 1024} KiB as one directory" + ("" if checksums else ", no checksums")
         rows.append(Row(label, "atomic_directory", "per-file replace, 1 dir fsync", "ms", mine, theirs, False))
     return rows
