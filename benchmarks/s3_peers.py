@@ -157,7 +157,10 @@ def _rows(size: int, repeats: int, samples: dict[str, list[dict[str, float]]]) -
             f" {os.cpu_count()} cores shared with the server"
         )
         if name == "boto3" and size > PART_SIZE:
-            why_not += "; s3transfer sends up to 10 parts at once, ours 4"
+            why_not += (
+                "; s3transfer sends up to 10 parts at once through botocore's threads, ours 4 through s3fs"
+                " (aiobotocore: one event loop sends every part)"
+            )
         elif size <= PART_SIZE:
             why_not += "; one PUT each: the difference is each client's own work per request"
         speed.targets.append(Target(f">= {LABELS[name]} throughput", f"{ratio:.3f}x", met, "" if met else why_not))

@@ -134,7 +134,7 @@ def run(context: Context) -> list[Row]:
     for files, size in shapes(context.quick):
         state = {f"shard-{index}": torch.full((size // 4,), float(index)) for index in range(files)}
         total = files * size
-        samples = alternate_many(max(3, context.rounds // 2), contenders(directory, state))
+        samples = alternate_many(max(5, context.rounds // 2), contenders(directory, state))
         throughput = {name: [total / MiB / seconds for seconds in runs] for name, runs in samples.items()}
         label = f"{files} x {size // MiB} MiB" if size >= MiB else f"{files} x {size >> 10} KiB"
         for ours_name in ("atomic_directory", "atomic_directory, no checksums", "CheckpointStore.save", "dcp_save"):
