@@ -147,6 +147,51 @@ def checksum_of(algorithm: str, data: bytes) -> str:
 # --- publishing ----------------------------------------------------------------------------
 
 
+def test_more_files_than_one_flush_group_are_all_flushed_hashed_and_closed(tmp_path: Path) -> None:
+    """Staged files are flushed in groups (their writeback started together): every group,
+    the last partial one included, is hashed, listed and closed, for each way of writing."""
+    files = {f"shard-{index:03}.bin": os.urandom(index + 1) for index in range(150)}
+    descriptors = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    for checksums in (True, False):
+        target = tmp_path / f"ckpt-{checksums}"
+        with atomic_directory(target, checksums=checksums) as stage:
+            for index, (name, data) in enumerate(files.items()):
+                if index % 2:
+                    (Path(stage) / name).write_bytes(data)
+                else:
+                    with stage.open(name) as file:
+                        file.write(data)
+        verification = verify_directory(target)
+        assert verification.ok, verification.problems
+        assert verification.manifest is not None
+        expected = {
+            name: (len(data), checksum_of(manifest_algorithm(), data) if checksums else None)
+            for name, data in files.items()
+        }
+        assert {e.name: (e.size, e.checksum) for e in verification.manifest.files} == expected
+    if descriptors is not None:
+        assert len(os.listdir("/proc/self/fd")) == descriptors
+
+
+def test_a_manifest_that_records_sha256_still_verifies(tmp_path: Path) -> None:
+    """Manifests written before the CRC default list SHA-256: they verify, and damage is found."""
+    target = tmp_path / "ckpt"
+    with atomic_directory(target) as stage:
+        (Path(stage) / "a.bin").write_bytes(b"old format")
+    manifest_path = target / MANIFEST_NAME
+    record = json.loads(manifest_path.read_bytes())
+    for entry in record["files"]:
+        entry.pop("checksum", None)
+        entry["sha256"] = checksum_of("sha256", (target / entry["name"]).read_bytes()).partition(":")[2]
+    manifest_path.write_text(json.dumps(record))
+    verification = verify_directory(target)
+    assert verification.ok, verification.problems
+    assert verification.manifest is not None
+    assert [e.checksum for e in verification.manifest.files] == [checksum_of("sha256", b"old format")]
+    (target / "a.bin").write_bytes(b"old formaT")
+    assert [p.kind for p in verify_directory(target).problems] == ["checksum"]
+
+
 def test_publish_lists_every_file_in_the_manifest(place: Place) -> None:
     target = place.url("ckpt")
     files = {"a.bin": b"a" * 1000, "sub/b.bin": b"b" * 10, "empty": b""}
